@@ -1,0 +1,45 @@
+"""Starting Jittor on this machine: CUDA where a working GPU is present, the CPU otherwise.
+
+Jittor reads its configuration from environment variables at import time, so they are set
+here before the first `import jittor` (see ../shared/JITTOR.md for what each one avoids).
+FORCE_CPU=1 forces the CPU even where a GPU works.
+"""
+import os
+import shutil
+import subprocess
+
+
+def gpu_present():
+    """True when nvidia-smi runs and lists at least one GPU (a driver and a device, not just nvcc)."""
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def use_gpu():
+    return os.environ.get("FORCE_CPU", "0") in ("", "0") and gpu_present()
+
+
+def configure_env(gpu):
+    """Environment for Jittor's import. Without a GPU, an nvcc on the PATH must be hidden or the
+    import crashes looking for libcudart; with one, the helper libraries Jittor would download
+    (cutt, cutlass, NCCL) are off unless the user asked for them."""
+    if not gpu:
+        os.environ["nvcc_path"] = ""
+    for flag in ("use_cutt", "use_cutlass", "use_nccl"):
+        os.environ.setdefault(flag, "0")
+
+
+def init_jittor(seed=None):
+    """Import Jittor configured for this machine, set `use_cuda` and the seed; return the module."""
+    gpu = use_gpu()
+    configure_env(gpu)
+    import jittor as jt
+    jt.flags.use_cuda = int(gpu and jt.has_cuda)
+    if seed is not None:
+        jt.set_global_seed(seed)
+    return jt

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole pipeline, stage by stage; each stage is skipped when its output exists.
+#   bash run.sh                                    built-in demo data, sized for a CPU
+#   DATA=<train dir> TEST=<test dir> bash run.sh   the contest's data
+#   FORCE="data check" bash run.sh                 redo the named stages
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+# ---- settings ---------------------------------------------------------------------------
+DATA=${DATA:-}                # training root with imgs/ + labels/ (empty: the demo data)
+TEST=${TEST:-}                # test folder with label PNGs + label_to_img.json (empty: demo)
+RUN=${RUN:-runs/demo}         # checkpoints, sample grids, results and logs of this run
+DEMO=${DEMO:-data/demo}       # where the demo data is generated
+DEMO_FLAGS="--train 120 --test 24 --seed 0"
+FORCE=${FORCE:-}              # stages to redo: data check
+# -------------------------------------------------------------------------------------------
+
+bash tools/setup.sh
+PY=.venv/bin/python
+mkdir -p "$RUN"
+
+forced() { [[ " $FORCE " == *" $1 "* ]]; }
+banner() { printf '\n== %s ==\n' "$*"; }
+
+if [ -z "$DATA" ]; then
+    DATA="$DEMO/train"
+    TEST=${TEST:-$DEMO/test}
+    if [ ! -d "$DEMO" ] || forced data; then
+        banner "data: generating the demo set in $DEMO"
+        $PY tools/make_demo_data.py --out "$DEMO" $DEMO_FLAGS $(forced data && echo --force)
+    fi
+fi
+
+if [ ! -f "$RUN/data_check.txt" ] || forced check; then
+    banner "check: reading every file of $DATA${TEST:+ and $TEST}"
+    $PY dataset.py "$DATA" ${TEST:+--test "$TEST"} | tee "$RUN/data_check.txt.tmp"
+    mv "$RUN/data_check.txt.tmp" "$RUN/data_check.txt"
+fi
+
+banner "done: $RUN"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: set-up (with test dependencies), then the CPU-only test suite.
+#   bash tests/run.sh [pytest args]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bash "$ROOT/tools/setup.sh" --dev
+cd "$ROOT"
+FORCE_CPU=1 exec .venv/bin/python -m pytest -q tests "$@"

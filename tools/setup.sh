@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Idempotent set-up: project-local .venv, pinned packages, Jittor wired to oneDNN and compiled.
+# Run by run.sh and tests/run.sh; a second run with nothing changed takes about a second.
+#   bash tools/setup.sh [--dev]     --dev adds the test dependencies
+# Environment: PYTHON (interpreter for the venv, default python3), FORCE_CPU=1 (never use a GPU).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+REQS=("$ROOT/requirements.txt")
+[ "${1:-}" = "--dev" ] && REQS+=("$ROOT/tests/requirements.txt")
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+# 1. The virtual environment and the pinned packages, reinstalled only when a requirements file changes.
+if [ ! -x "$PY" ]; then
+    say "creating $VENV"
+    "${PYTHON:-python3}" -m venv "$VENV"
+fi
+want=$(cat "${REQS[@]}" | sha1sum | cut -c1-16)
+core=$(sha1sum < "$ROOT/requirements.txt" | cut -c1-16)
+stamp="$VENV/.installed-$want"
+if [ ! -f "$stamp" ]; then
+    say "installing ${REQS[*]#"$ROOT/"}"
+    "$PY" -m pip install --disable-pip-version-check -q -r "$ROOT/requirements.txt" \
+        $( [ ${#REQS[@]} -gt 1 ] && echo "-r ${REQS[1]}" )
+    touch "$stamp"
+fi
+
+# 2. oneDNN where Jittor looks for it, so that it neither downloads it nor falls back to slow kernels.
+#    Copied (not linked) so that the cache does not depend on this clone's venv staying in place.
+DNNL="${JITTOR_HOME:-$HOME}/.cache/jittor/mkl/dnnl_lnx_2.2.0_cpu_gomp"
+if [ ! -f "$DNNL/lib/libmkldnn.so" ] && [ -f "$VENV/include/dnnl.h" ]; then
+    say "wiring oneDNN into $DNNL"
+    tmp=$(mktemp -d "$(dirname "$DNNL")/.dnnl-XXXXXX" 2>/dev/null || { mkdir -p "$(dirname "$DNNL")"; mktemp -d "$(dirname "$DNNL")/.dnnl-XXXXXX"; })
+    mkdir -p "$tmp/lib"
+    cp -r "$VENV/include" "$tmp/include"
+    cp "$(readlink -f "$VENV/lib/libdnnl.so")" "$tmp/lib/libdnnl.so.2"
+    ln -s libdnnl.so.2 "$tmp/lib/libmkldnn.so"
+    rm -rf "$DNNL" && mv "$tmp" "$DNNL"
+fi
+
+# 3. Jittor's first compile (minutes, once per machine): run it here, with Jittor's own progress lines.
+if [ ! -f "$VENV/.jittor-ready-$core" ]; then
+    say "compiling Jittor's core and first ops (first time on a machine: about 3 minutes on 2 cores;"
+    say "Jittor prints its progress below; later starts take seconds)"
+    t0=$(date +%s)
+    (cd "$ROOT" && "$PY" -u - <<'PYEOF'
+from jmodels.runtime import init_jittor
+jt = init_jittor()
+import jittor.nn as nn
+x = jt.randn(1, 8, 16, 16)
+y = nn.conv2d(x, jt.randn(8, 8, 3, 3), padding=1).sum()
+y.sync()
+print(f"[setup] Jittor {jt.__version__} ready, device: {'cuda' if jt.flags.use_cuda else 'cpu'}")
+PYEOF
+    )
+    touch "$VENV/.jittor-ready-$core"
+    say "Jittor ready in $(( $(date +%s) - t0 )) s"
+fi
