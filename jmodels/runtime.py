@@ -32,6 +32,9 @@ def configure_env(gpu):
         os.environ["nvcc_path"] = ""
     for flag in ("use_cutt", "use_cutlass", "use_nccl"):
         os.environ.setdefault(flag, "0")
+    # Jittor names its kernel cache after the git branch of the folder it is installed in (our
+    # .venv is inside the project's clone): pin the name so a branch switch does not recompile.
+    os.environ.setdefault("cache_name", "default")
 
 
 def init_jittor(seed=None):

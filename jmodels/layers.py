@@ -1,0 +1,85 @@
+"""Building blocks shared by the autoencoder and the UNet: GroupNorm, ResNet block, self-attention,
+2x resampling. Parameter names follow diffusers (`norm1`, `conv_shortcut`, `to_q`, `to_out.0`, ...)
+so that public Stable Diffusion weights map onto them one to one.
+Refs: Rombach et al. 2022 (latent diffusion); diffusers `resnet.py`, `attention_processor.py`.
+"""
+import math
+
+import jittor as jt
+from jittor import nn
+
+
+def group_norm(channels, groups, eps=1e-6):
+    assert channels % groups == 0, f"{channels} channels do not split into {groups} groups"
+    return nn.GroupNorm(groups, channels, eps=eps, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """GroupNorm-SiLU-Conv twice, plus a 1x1 shortcut when the width changes."""
+
+    def __init__(self, in_channels, out_channels, groups, eps=1e-6):
+        super().__init__()
+        self.norm1 = group_norm(in_channels, groups, eps)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = group_norm(out_channels, groups, eps)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def execute(self, x):
+        h = self.conv1(nn.silu(self.norm1(x)))
+        h = self.conv2(nn.silu(self.norm2(h)))
+        if self.conv_shortcut is not None:
+            x = self.conv_shortcut(x)
+        return x + h
+
+
+class SelfAttention(nn.Module):
+    """Single-head (or multi-head) spatial self-attention with a residual, as the SD VAE's mid block."""
+
+    def __init__(self, channels, groups, head_dim=None, eps=1e-6):
+        super().__init__()
+        self.heads = 1 if head_dim is None else channels // head_dim
+        assert channels % self.heads == 0, f"{channels} channels do not split into {self.heads} heads"
+        self.group_norm = group_norm(channels, groups, eps)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.Sequential(nn.Linear(channels, channels))
+
+    def execute(self, x):
+        b, c, h, w = x.shape
+        t = self.group_norm(x).reshape(b, c, h * w).transpose(0, 2, 1)  # (B, HW, C)
+        d = c // self.heads
+
+        def split(y):  # (B, HW, C) -> (B*heads, HW, d)
+            return y.reshape(b, h * w, self.heads, d).transpose(0, 2, 1, 3).reshape(b * self.heads, h * w, d)
+
+        q, k, v = split(self.to_q(t)), split(self.to_k(t)), split(self.to_v(t))
+        attn = nn.softmax(jt.matmul(q, k.transpose(0, 2, 1)) * (1.0 / math.sqrt(d)), dim=-1)
+        o = jt.matmul(attn, v).reshape(b, self.heads, h * w, d).transpose(0, 2, 1, 3).reshape(b, h * w, c)
+        o = self.to_out(o).transpose(0, 2, 1).reshape(b, c, h, w)
+        return x + o
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv after padding right and bottom by one (the SD VAE's asymmetric padding)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def execute(self, x):
+        return self.conv(nn.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x, then a 3x3 conv."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def execute(self, x):
+        b, c, h, w = x.shape
+        x = x.reindex([b, c, h * 2, w * 2], ["i0", "i1", "i2/2", "i3/2"])
+        return self.conv(x)
