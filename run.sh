@@ -12,7 +12,8 @@ TEST=${TEST:-}                # test folder with label PNGs + label_to_img.json 
 RUN=${RUN:-runs/demo}         # checkpoints, sample grids, results and logs of this run
 DEMO=${DEMO:-data/demo}       # where the demo data is generated
 DEMO_FLAGS="--train 120 --test 24 --seed 0"
-FORCE=${FORCE:-}              # stages to redo: data check
+VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
+FORCE=${FORCE:-}              # stages to redo: data check vae
 # -------------------------------------------------------------------------------------------
 
 bash tools/setup.sh
@@ -35,6 +36,15 @@ if [ ! -f "$RUN/data_check.txt" ] || forced check; then
     banner "check: reading every file of $DATA${TEST:+ and $TEST}"
     $PY dataset.py "$DATA" ${TEST:+--test "$TEST"} | tee "$RUN/data_check.txt.tmp"
     mv "$RUN/data_check.txt.tmp" "$RUN/data_check.txt"
+fi
+
+if ! forced vae && [ -f "$RUN/vae/ckpt.npz" ] && [ -f "$RUN/vae/done" ]; then
+    echo "vae: $RUN/vae/ckpt.npz is trained (FORCE=vae to retrain)"
+else
+    banner "vae: stage 1, the autoencoder -> $RUN/vae/ckpt.npz"
+    forced vae && rm -rf "$RUN/vae"
+    $PY train_vae.py --data "$DATA" --out "$RUN/vae" $VAE_FLAGS
+    touch "$RUN/vae/done"
 fi
 
 banner "done: $RUN"

@@ -1,4 +1,6 @@
 """jmodels.vae against diffusers' AutoencoderKL (fixture from tools/make_vae_fixture.py), weight import, KL."""
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -89,21 +91,34 @@ def test_attention_1x1_convs_become_linears_and_loss_keys_are_dropped():
     assert {k: v.shape for k, v in out.items()} == {"encoder.mid_block.attentions.0.to_q.weight": (4, 4)}
 
 
-def test_safetensors_reader_round_trip(tmp_path):
-    import json
-    import struct
-    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1.5, -2], np.float16)}
+def write_safetensors(path, tensors):
+    """The safetensors layout written by hand: u64 header size, JSON header, raw data."""
     header, body = {}, b""
     for k, v in tensors.items():
         header[k] = {"dtype": {"float32": "F32", "float16": "F16"}[v.dtype.name], "shape": list(v.shape),
                      "data_offsets": [len(body), len(body) + v.nbytes]}
         body += v.tobytes()
     head = json.dumps(header).encode()
-    (tmp_path / "t.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + body)
+    path.write_bytes(struct.pack("<Q", len(head)) + head + body)
+
+
+def test_safetensors_reader_round_trip(tmp_path):
+    tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1.5, -2], np.float16)}
+    write_safetensors(tmp_path / "t.safetensors", tensors)
     got = import_weights.read_safetensors(tmp_path / "t.safetensors")
     for k, v in tensors.items():
         np.testing.assert_array_equal(got[k], v)
         assert got[k].dtype == v.dtype
+
+
+def test_public_file_loads_strictly_for_fine_tuning(tmp_path, reference):
+    public = {f"vae.{k[2:]}": v for k, v in reference.items() if k.startswith("w/")}
+    write_safetensors(tmp_path / "vae.safetensors", public)
+    config, state = import_weights.load_public_vae(tmp_path / "vae.safetensors", TINY.to_dict())
+    assert config == TINY.to_dict() and len(state) == 180
+    np.testing.assert_array_equal(state["encoder.conv_in.weight"], reference["w/encoder.conv_in.weight"])
+    with pytest.raises(checkpoint.CheckpointError, match=r"shape mismatch \(\d+\): "):
+        import_weights.load_public_vae(tmp_path / "vae.safetensors")  # the SD-size config expects wider tensors
 
 
 def test_torch_pickle_read_without_torch():

@@ -1,0 +1,44 @@
+"""The patch discriminator of stage 1 and its losses: hinge loss and latent-diffusion's adaptive weight.
+
+Refs: Isola et al. 2017 (PatchGAN, `NLayerDiscriminator`); Esser et al. 2021 (taming transformers,
+adaptive weight, eq. 7); Rombach et al. 2022 (`LPIPSWithDiscriminator`).
+"""
+import jittor as jt
+from jittor import init, nn
+
+
+class NLayerDiscriminator(nn.Module):
+    """Conv(4x4, stride 2) stack ending in one logit per overlapping patch: (B, 3, H, W) -> (B, 1, h, w)."""
+
+    def __init__(self, in_channels=3, ndf=64, n_layers=3):
+        super().__init__()
+        layers = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        mult = 1
+        for n in range(1, n_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < n_layers else 1
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=False),
+                       nn.BatchNorm2d(ndf * mult), nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
+        self.main = nn.Sequential(*layers)
+        for m in self.main:
+            if isinstance(m, nn.Conv2d):
+                init.gauss_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                init.gauss_(m.weight, 1.0, 0.02)
+                init.constant_(m.bias, 0.0)
+
+    def execute(self, x):
+        return self.main(x)
+
+
+def hinge_d_loss(logits_real, logits_fake):
+    return 0.5 * (nn.relu(1.0 - logits_real).mean() + nn.relu(1.0 + logits_fake).mean())
+
+
+def adaptive_weight(nll, g_loss, last_layer, max_weight=1e4):
+    """||grad nll|| / ||grad g_loss|| at the decoder's last layer, so neither loss drowns the other."""
+    g_nll = jt.grad(nll, last_layer, retain_graph=True)
+    g_gan = jt.grad(g_loss, last_layer, retain_graph=True)
+    w = g_nll.sqr().sum().sqrt() / (g_gan.sqr().sum().sqrt() + 1e-4)
+    return w.clamp(0.0, max_weight).stop_grad()

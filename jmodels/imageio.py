@@ -1,0 +1,36 @@
+"""Image helpers for training and evaluation: [-1, 1] arrays to uint8, PSNR, PNG grids written atomically."""
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(x):
+    """(..., 3, H, W) float in [-1, 1] -> (..., H, W, 3) uint8, rounding to nearest."""
+    x = np.asarray(x, np.float32)
+    return np.moveaxis(((x.clip(-1, 1) + 1) * 127.5 + 0.5).astype(np.uint8), -3, -1)
+
+
+def psnr(a, b):
+    """Peak signal-to-noise ratio in dB between images in [-1, 1] (peak-to-peak 2), per image."""
+    a, b = np.asarray(a, np.float64).clip(-1, 1), np.asarray(b, np.float64).clip(-1, 1)
+    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
+    return 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
+
+
+def save_grid(rows, path, pad=2):
+    """Rows of equally sized (H, W, 3) uint8 images -> one PNG; written to a temp name, then renamed."""
+    h, w = rows[0][0].shape[:2]
+    n_cols = max(len(r) for r in rows)
+    grid = np.full((len(rows) * (h + pad) + pad, n_cols * (w + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            grid[y:y + h, x:x + w] = img
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(grid).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,105 @@
+"""AdamW with its state in plain arrays (for exact resume), gradient accumulation, clipping and a
+dynamic loss scale for fp16.
+
+Built on Jittor's Optimizer so that `backward` keeps Jittor's MPI gradient averaging. Jittor's own
+AdamW counts bias-correction steps per `backward` call (wrong under accumulation) and keeps its
+moments in the parameter dtype; here the moments are fp32 and `t` counts optimizer updates.
+Refs: Loshchilov & Hutter 2019 (AdamW); Micikevicius et al. 2018 (loss scaling).
+"""
+import math
+
+import jittor as jt
+import numpy as np
+
+
+class LossScale:
+    """Dynamic loss scale: halve and skip the update on inf/nan gradients, double after
+    `growth_interval` finite steps. `LossScale(1.0, growth_interval=0)` is a no-op (fp32)."""
+
+    def __init__(self, scale=2.0 ** 16, growth_interval=2000):
+        self.scale, self.growth_interval, self.good_steps = float(scale), int(growth_interval), 0
+
+    @property
+    def dynamic(self):
+        return self.growth_interval > 0
+
+    def update(self, finite):
+        if not self.dynamic:
+            return
+        if not finite:
+            self.scale, self.good_steps = max(self.scale / 2.0, 1.0), 0
+        else:
+            self.good_steps += 1
+            if self.good_steps % self.growth_interval == 0:
+                self.scale *= 2.0
+
+    def state(self):
+        return {"scale": self.scale, "growth_interval": self.growth_interval, "good_steps": self.good_steps}
+
+    def load(self, state):
+        self.scale, self.growth_interval, self.good_steps = (float(state["scale"]), int(state["growth_interval"]),
+                                                             int(state["good_steps"]))
+
+
+class AdamW(jt.optim.Optimizer):
+    """`backward(loss)` once per micro-batch (gradients add up), then `step()` once per update."""
+
+    def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, grad_clip=0.0,
+                 loss_scale=None):
+        named_params = [(n, p) for n, p in named_params if not p.is_stop_grad()]
+        super().__init__([p for _, p in named_params], lr)
+        self.names = [n for n, _ in named_params]
+        self.betas, self.eps, self.weight_decay, self.grad_clip = betas, eps, weight_decay, grad_clip
+        self.loss_scale = loss_scale or LossScale(1.0, growth_interval=0)
+        self.t = 0
+        self._m = [jt.zeros(p.shape, "float32").stop_grad() for _, p in named_params]
+        self._v = [jt.zeros(p.shape, "float32").stop_grad() for _, p in named_params]
+
+    def backward(self, loss, retain_graph=False):
+        super().backward(loss * self.loss_scale.scale if self.loss_scale.dynamic else loss, retain_graph)
+
+    def step(self, loss=None):
+        """Apply the accumulated gradients; returns False when they were not finite (update skipped)."""
+        if loss is not None:
+            self.backward(loss)
+        pg = self.param_groups[0]
+        grads = [g.float32() / self.loss_scale.scale for g in pg["grads"]]
+        norm = 0.0
+        if self.grad_clip or self.loss_scale.dynamic:  # one sync: the global norm decides clip and skip
+            norm = math.sqrt(float(sum(g.sqr().sum() for g in grads).item()))
+        finite = math.isfinite(norm)
+        self.loss_scale.update(finite)
+        if finite:
+            self.t += 1
+            self._update(pg["params"], grads, min(1.0, self.grad_clip / (norm + 1e-6)) if self.grad_clip else 1.0)
+        self.zero_grad()
+        return finite
+
+    def _update(self, params, grads, clip):
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, g, m, v in zip(params, grads, self._m, self._v):
+            g = g * clip
+            m.update(b1 * m + (1 - b1) * g)
+            v.update(b2 * v + (1 - b2) * g * g)
+            new = p.float32() * (1 - self.lr * self.weight_decay) - self.lr * (m / c1) / ((v / c2).sqrt() + self.eps)
+            p.update(new.cast(p.dtype))
+        jt.sync(self._m + self._v + list(params))
+
+    def state_arrays(self):
+        out = {f"m/{n}": m.numpy() for n, m in zip(self.names, self._m)}
+        out.update({f"v/{n}": v.numpy() for n, v in zip(self.names, self._v)})
+        return out
+
+    def state_meta(self):
+        return {"t": self.t, "lr": self.lr, "loss_scale": self.loss_scale.state()}
+
+    def load_state(self, arrays, meta):
+        from .checkpoint import check_compatible
+        expected = {f"{k}/{n}": tuple(m.shape) for k in ("m", "v") for n, m in zip(self.names, self._m)}
+        check_compatible(expected, {k: v.shape for k, v in arrays.items()}, "optimizer state")
+        for n, m, v in zip(self.names, self._m, self._v):
+            m.update(jt.array(arrays[f"m/{n}"].astype(np.float32)))
+            v.update(jt.array(arrays[f"v/{n}"].astype(np.float32)))
+        self.t = int(meta["t"])
+        self.loss_scale.load(meta["loss_scale"])

@@ -1,0 +1,144 @@
+"""Training machinery: AdamW (closed form, accumulation, loss scale), EMA, checkpoints, exact resume."""
+import numpy as np
+import pytest
+
+from jmodels.runtime import init_jittor
+
+jt = init_jittor(seed=0)
+from jmodels import checkpoint  # noqa: E402
+from jmodels.ema import EMA  # noqa: E402
+from jmodels.optim import AdamW, LossScale  # noqa: E402
+import train_vae  # noqa: E402
+
+
+class Scalar(jt.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.w = jt.array(np.array([value], np.float32))
+
+
+def test_adamw_matches_the_closed_form():
+    """loss = w^2 from w = 1: g = 2w; Adam's first step moves by lr exactly (m/sqrt(v) = sign g)."""
+    m = Scalar(1.0)
+    opt = AdamW(m.named_parameters(), lr=0.1, betas=(0.9, 0.999), eps=0.0, weight_decay=0.0)
+    opt.step((m.w * m.w).sum())
+    assert float(m.w) == pytest.approx(0.9, abs=1e-7)
+    opt.step((m.w * m.w).sum())  # g = 1.8: m = 0.9*0.2 + 0.18 = 0.36 -> /0.19; v = (0.999*4 + 0.001*3.24)e-3 -> /1.999e-3
+    mh, vh = (0.9 * 0.2 + 0.1 * 1.8) / (1 - 0.81), (0.999 * 0.004 + 0.001 * 3.24) / (1 - 0.999 ** 2)
+    assert float(m.w) == pytest.approx(0.9 - 0.1 * mh / np.sqrt(vh), abs=1e-6)
+    assert opt.t == 2
+
+
+def test_decoupled_weight_decay():
+    m = Scalar(2.0)
+    opt = AdamW(m.named_parameters(), lr=0.1, eps=1e-8, weight_decay=0.5)
+    opt.step(m.w.sum() * 0.0)  # zero gradient: only the decay acts, w * (1 - lr * wd)
+    assert float(m.w) == pytest.approx(2.0 * 0.95, abs=1e-6)
+
+
+def test_accumulating_two_halves_equals_one_step():
+    a, b = Scalar(1.0), Scalar(1.0)
+    opt_a, opt_b = AdamW(a.named_parameters(), lr=0.1), AdamW(b.named_parameters(), lr=0.1)
+    opt_a.step((3 * a.w).sum() + (5 * a.w).sum())
+    opt_b.backward((3 * b.w).sum())
+    opt_b.backward((5 * b.w).sum())
+    opt_b.step()
+    assert float(a.w) == float(b.w)
+    np.testing.assert_array_equal(opt_a.state_arrays()["v/w"], opt_b.state_arrays()["v/w"])
+
+
+def test_loss_scale_skips_non_finite_steps_and_grows():
+    m = Scalar(1.0)
+    scale = LossScale(2.0 ** 4, growth_interval=2)
+    opt = AdamW(m.named_parameters(), lr=0.1, loss_scale=scale)
+    assert not opt.step((m.w * float("inf")).sum())
+    assert float(m.w) == 1.0 and scale.scale == 8.0 and opt.t == 0
+    assert opt.step((m.w * m.w).sum())
+    assert float(m.w) == pytest.approx(0.9, abs=1e-6)  # gradients were unscaled before the update
+    opt.step((m.w * m.w).sum())
+    assert scale.scale == 16.0 and opt.t == 2
+
+
+def test_grad_clip_bounds_the_update_direction():
+    m = Scalar(1.0)
+    opt = AdamW(m.named_parameters(), lr=0.1, grad_clip=1e-3)
+    opt.step((1000 * m.w).sum())
+    assert float(m.w) == pytest.approx(0.9, abs=1e-5)  # Adam normalises: first step is lr whatever the clip
+
+
+def test_ema_follows_the_warmed_up_decay():
+    model, twin = Scalar(0.0), Scalar(5.0)
+    ema = EMA(model, twin, decay=0.9)
+    assert float(twin.w) == 0.0  # starts as a copy
+    model.w.update(jt.array(np.array([10.0], np.float32)))
+    ema.update()  # d = min(0.9, 2/11)
+    assert float(twin.w) == pytest.approx(10 * (1 - 2 / 11), abs=1e-5)
+    assert twin.w.is_stop_grad()
+
+
+def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b.c": np.array([1.5], np.float64)}
+    meta = {"step": 7, "config": {"ch_mult": [1, 2]}, "latent_scale": 0.123456789}
+    checkpoint.save(tmp_path / "c.npz", meta, model=arrays, ema=arrays)
+    got_meta, groups = checkpoint.load(tmp_path / "c.npz")
+    assert got_meta == meta
+    for g in ("model", "ema"):
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(groups[g][k], v)
+            assert groups[g][k].dtype == v.dtype
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temp file left behind
+
+
+def test_checkpoint_refuses_pickles_and_junk(tmp_path):
+    np.savez(tmp_path / "evil.npz", meta=np.frombuffer(b"{}", np.uint8), **{"model/x": np.array([{"a": 1}])})
+    with pytest.raises(checkpoint.CheckpointError, match="evil.npz: not a checkpoint"):
+        checkpoint.load(tmp_path / "evil.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(checkpoint.CheckpointError, match="junk.npz: not a checkpoint"):
+        checkpoint.load(tmp_path / "junk.npz")
+    with pytest.raises(checkpoint.CheckpointError, match="gone.npz: checkpoint not found"):
+        checkpoint.load(tmp_path / "gone.npz")
+
+
+TINY = dict(train_vae.DEFAULTS, ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4, disc_ndf=8,
+            disc_layers=2, disc_start=2, batch_size=2, lr=1e-3)
+
+
+def batches(n):
+    rng = np.random.default_rng(3)
+    return [{"image": rng.uniform(-1, 1, (2, 3, 16, 24)).astype(np.float32)} for _ in range(n)]
+
+
+def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path):
+    data = batches(5)
+    straight = train_vae.Run(TINY, train_vae.vae_config(TINY))
+    expected = [train_vae.train_step(straight, [b]) for b in data]
+    first = train_vae.Run(TINY, train_vae.vae_config(TINY))
+    for b in data[:3]:  # the discriminator starts at step 2: its optimizer state is saved too
+        train_vae.train_step(first, [b])
+    first.save(tmp_path / "ckpt.npz")
+    resumed = train_vae.Run(TINY, train_vae.vae_config(TINY))
+    resumed.load(tmp_path / "ckpt.npz")
+    assert resumed.step == 3
+    got = [train_vae.train_step(resumed, [b]) for b in data[3:]]
+    assert got == expected[3:]
+    for a, b in zip(straight.ema.twin.parameters(), resumed.ema.twin.parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    run = train_vae.Run(TINY, train_vae.vae_config(TINY))
+    run.save(tmp_path / "ckpt.npz")
+    wider = dict(TINY, ch=16)
+    with pytest.raises(checkpoint.CheckpointError, match="ckpt.npz: written for config"):
+        train_vae.Run(wider, train_vae.vae_config(wider)).load(tmp_path / "ckpt.npz")
+
+
+def test_training_reduces_the_reconstruction_loss():
+    cfg = dict(TINY, disc_start=100, lr=3e-3)
+    run = train_vae.Run(cfg, train_vae.vae_config(cfg))
+    yy, xx = np.mgrid[0:16, 0:24] / 8.0
+    smooth = np.stack([np.sin(xx + c) * np.cos(yy - c) for c in (0.0, 1.0, 2.0)])[None].repeat(2, 0)
+    data = [{"image": (0.8 * smooth).astype(np.float32)}]
+    losses = [train_vae.train_step(run, data)["nll"] for _ in range(40)]
+    assert losses[-1] < 0.5 * losses[0], losses

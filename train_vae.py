@@ -1,0 +1,237 @@
+"""Stage 1: train the KL-f8 autoencoder (L1 + KL + patch GAN with latent-diffusion's adaptive weight).
+
+    python train_vae.py [--name value ...]     (every default below; `--help` lists them)
+
+Writes `<out>/ckpt.npz` (one self-describing file: step, config, weights, EMA, optimizer states,
+and at the end the latent scale measured on training data), `<out>/samples/*.png` (held-out input
+| EMA reconstruction | raw reconstruction) and `<out>/log.jsonl`. Re-running resumes from the
+checkpoint; a finished run returns at once.
+Refs: Rombach et al. 2022 (latent diffusion, `LPIPSWithDiscriminator`); Esser et al. 2021 (eq. 7).
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+# ---- defaults: the small CPU recipe of `bash run.sh`; the full-scale values are in README.md -----
+DEFAULTS = dict(
+    data="data/demo/train",     # training root with imgs/ + labels/
+    out="runs/demo/vae",        # checkpoint, sample grids, log
+    size=(128, 96),             # training resolution W,H (multiples of 8); contest images are 512,384
+    holdout=0.1,                # fraction of pairs held out for the validation PSNR
+    ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, norm_groups=16,  # architecture (SD: 128, 1,2,4,4, 2, 32)
+    init_from="",               # start from: a public SD VAE (.safetensors/.ckpt/.bin) or one of our .npz
+    batch_size=4, accum=1,      # global batch = batch_size * accum
+    lr=2e-4, weight_decay=0.0, grad_clip=1.0,
+    max_steps=600,
+    kl_weight=1e-6,             # on the per-image sums, as latent-diffusion
+    disc_start=300, disc_weight=0.5, disc_ndf=32, disc_layers=3,
+    ema_decay=0.999,
+    precision="tf32",           # GPU only: fp32 | tf32 | fp16 (Jittor AMP + dynamic loss scale)
+    log_every=10, sample_every=100, ckpt_every=100,
+    scale_images=64,            # training images encoded to measure the latent scale
+    seed=0, workers=2,
+)
+# ----------------------------------------------------------------------------------------------------
+
+
+def vae_config(cfg):
+    from jmodels.vae import VAEConfig
+    return VAEConfig(ch=cfg["ch"], ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
+                     norm_groups=cfg["norm_groups"])
+
+
+class Run:
+    """Everything a training run holds: networks, EMA twin, optimizers and the step."""
+
+    def __init__(self, cfg, config):
+        import jittor as jt
+        from jmodels.discriminator import NLayerDiscriminator
+        from jmodels.ema import EMA
+        from jmodels.optim import AdamW, LossScale
+        from jmodels.vae import AutoencoderKL
+        self.cfg, self.config, self.step = cfg, config, 0
+        self.model = AutoencoderKL(config)
+        self.ema = EMA(self.model, AutoencoderKL(config), cfg["ema_decay"])
+        self.disc = NLayerDiscriminator(3, cfg["disc_ndf"], cfg["disc_layers"])
+        fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
+        kw = dict(lr=cfg["lr"], betas=(0.5, 0.9), weight_decay=cfg["weight_decay"], grad_clip=cfg["grad_clip"])
+        self.opt = AdamW(self.model.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw)
+        self.opt_d = AdamW(self.disc.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw)
+
+    def meta(self, **extra):
+        return dict(kind="vae", step=self.step, config=self.config.to_dict(), train=self.cfg,
+                    ema_updates=self.ema.updates, opt=self.opt.state_meta(), opt_d=self.opt_d.state_meta(),
+                    **extra)
+
+    def save(self, path, **extra):
+        from jmodels import checkpoint
+        from jmodels.checkpoint import state_arrays
+        checkpoint.save(path, self.meta(**extra), model=state_arrays(self.model),
+                        ema=state_arrays(self.ema.twin), disc=state_arrays(self.disc),
+                        opt=self.opt.state_arrays(), opt_d=self.opt_d.state_arrays())
+
+    def load(self, path):
+        """Resume: every group strictly; the architecture in the file must be this run's."""
+        from jmodels import checkpoint
+        meta, groups = checkpoint.load(path)
+        if meta.get("kind") != "vae" or type(self.config).from_dict(meta["config"]) != self.config:
+            raise checkpoint.CheckpointError(
+                f"{path}: written for config {meta.get('config')}, this run is {self.config.to_dict()}; "
+                "use another --out or the same architecture flags")
+        checkpoint.load_into(self.model, groups["model"], f"{path} [model]")
+        checkpoint.load_into(self.ema.twin, groups["ema"], f"{path} [ema]")
+        checkpoint.load_into(self.disc, groups["disc"], f"{path} [disc]")
+        self.opt.load_state(groups["opt"], meta["opt"])
+        self.opt_d.load_state(groups["opt_d"], meta["opt_d"])
+        self.step, self.ema.updates = int(meta["step"]), int(meta["ema_updates"])
+        return meta
+
+
+def train_step(run, micro_batches):
+    """One optimizer update over `accum` micro-batches; returns the losses as floats."""
+    import jittor as jt
+    from jmodels.discriminator import adaptive_weight, hinge_d_loss
+    from jmodels.vae import kl_divergence
+    cfg, accum = run.cfg, len(micro_batches)
+    jt.set_global_seed(cfg["seed"] + run.step)  # posterior noise depends on the step only: exact resume
+    gan_on = run.step >= cfg["disc_start"]
+    stats = {"nll": 0.0, "kl": 0.0, "g": 0.0, "d": 0.0, "d_weight": 0.0}
+    for batch in micro_batches:
+        x = jt.array(batch["image"])  # (B, 3, H, W) in [-1, 1]
+        recon, mean, logvar = run.model(x)
+        nll = (x - recon).abs().sum() / x.shape[0]  # per-image L1 sum
+        kl = kl_divergence(mean, logvar)
+        loss = nll + cfg["kl_weight"] * kl
+        if gan_on:
+            g_loss = -run.disc(recon).mean()
+            d_weight = adaptive_weight(nll, g_loss, run.model.last_layer()) * cfg["disc_weight"]
+            loss = loss + d_weight * g_loss
+            d_loss = hinge_d_loss(run.disc(x), run.disc(recon.detach()))
+            run.opt_d.backward(d_loss / accum)
+            stats["g"] += g_loss.item() / accum
+            stats["d"] += d_loss.item() / accum
+            stats["d_weight"] += d_weight.item() / accum
+        run.opt.backward(loss / accum)
+        stats["nll"] += nll.item() / accum
+        stats["kl"] += kl.item() / accum
+    run.opt.step()
+    if gan_on:
+        run.opt_d.step()
+    run.ema.update()
+    run.step += 1
+    return stats
+
+
+def reconstruct(model, images, batch_size):
+    """Posterior-mean reconstructions of (N, 3, H, W) images, batch by batch, without gradients."""
+    import jittor as jt
+    out = []
+    with jt.no_grad():
+        for i in range(0, len(images), batch_size):
+            out.append(model(jt.array(images[i:i + batch_size]), sample=False)[0].numpy())
+    return np.concatenate(out)
+
+
+def latent_scale(model, dataset, n_images, batch_size):
+    """1 / std of posterior samples over training images: makes stage 2's latents unit-variance."""
+    import jittor as jt
+    zs = []
+    with jt.no_grad():
+        for i in range(0, min(n_images, len(dataset)), batch_size):
+            x = np.stack([dataset.load(j)["image"] for j in range(i, min(i + batch_size, n_images, len(dataset)))])
+            mean, logvar = model.encode(jt.array(x))
+            zs.append((mean + (0.5 * logvar).exp() * jt.randn(mean.shape)).numpy())
+    return float(1.0 / np.concatenate(zs).std())
+
+
+def load_init(path):
+    """Weights to start from: our checkpoint (its EMA) or a public SD VAE file (.safetensors/.ckpt/.bin)."""
+    from jmodels import checkpoint
+    if str(path).endswith(".npz"):
+        meta, groups = checkpoint.load(path)
+        return meta["config"], groups.get("ema", groups["model"])
+    from tools.import_weights import load_public_vae
+    return load_public_vae(path)
+
+
+def main(argv=None):
+    from jmodels import cli
+    cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
+    from jmodels.runtime import init_jittor
+    jt = init_jittor(seed=cfg["seed"])
+    if jt.flags.use_cuda:
+        jt.flags.use_tensorcore = int(cfg["precision"] in ("tf32", "fp16"))
+        jt.flags.auto_mixed_precision_level = 5 if cfg["precision"] == "fp16" else 0
+    import dataset
+    from jmodels import checkpoint
+    from jmodels.imageio import psnr, save_grid, to_uint8
+
+    out = Path(cfg["out"])
+    config = vae_config(cfg)
+    if cfg["init_from"]:
+        init_config, init_weights = load_init(cfg["init_from"])
+        config = type(config).from_dict(init_config)
+    train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
+    train_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems)
+    val_images = np.stack([it["image"] for it in (dataset.PairDataset(cfg["data"], cfg["size"], False, val_stems).load(i)
+                                                   for i in range(min(32, len(val_stems))))])
+    loader = dataset.BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
+                                 world_size=jt.world_size, workers=cfg["workers"])
+    run = Run(cfg, config)
+    ckpt = out / "ckpt.npz"
+    if ckpt.exists():
+        meta = run.load(ckpt)
+        print(f"resuming {ckpt} at step {run.step}")
+        if run.step >= cfg["max_steps"] and meta.get("latent_scale"):
+            print(f"already trained: step {run.step}, latent scale {meta['latent_scale']:.4f}, "
+                  f"val PSNR {meta.get('val_psnr', float('nan')):.2f} dB")
+            return meta
+    elif cfg["init_from"]:
+        checkpoint.load_into(run.model, init_weights, f"{cfg['init_from']} [init]")
+        run.ema.copy_from(run.model)
+        print(f"initialised from {cfg['init_from']}")
+
+    def validate():
+        rec = reconstruct(run.ema.twin, val_images, cfg["batch_size"])
+        return float(psnr(val_images, rec).mean()), rec
+
+    val_psnr, _ = validate()
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "log.jsonl").open("a")
+    if run.step == 0:
+        print(f"untrained val PSNR {val_psnr:.2f} dB on {len(val_images)} held-out images")
+        log.write(json.dumps({"step": 0, "val_psnr": val_psnr}) + "\n")
+    batches = loader.forever(start_step=run.step * cfg["accum"])
+    bar = tqdm(total=cfg["max_steps"], initial=run.step, desc="vae", dynamic_ncols=True)
+    t0 = time.time()
+    while run.step < cfg["max_steps"]:
+        stats = train_step(run, [next(batches) for _ in range(cfg["accum"])])
+        bar.update(1)
+        if run.step % cfg["log_every"] == 0:
+            bar.set_postfix(nll=f"{stats['nll']:.0f}", kl=f"{stats['kl']:.0f}", d=f"{stats['d']:.3f}",
+                            psnr=f"{val_psnr:.2f}")
+            log.write(json.dumps({"step": run.step, "s_per_step": (time.time() - t0) / cfg["log_every"],
+                                  **stats}) + "\n")
+            log.flush()
+            t0 = time.time()
+        if run.step % cfg["sample_every"] == 0 or run.step == cfg["max_steps"]:
+            val_psnr, rec = validate()
+            raw = reconstruct(run.model, val_images[:4], cfg["batch_size"])
+            save_grid([[to_uint8(a), to_uint8(b), to_uint8(c)] for a, b, c in zip(val_images[:4], rec, raw)],
+                      out / "samples" / f"step_{run.step:07d}.png")
+            log.write(json.dumps({"step": run.step, "val_psnr": val_psnr}) + "\n")
+        if run.step % cfg["ckpt_every"] == 0 and run.step < cfg["max_steps"]:
+            run.save(ckpt, val_psnr=val_psnr)
+    bar.close()
+    scale = latent_scale(run.ema.twin, dataset.PairDataset(cfg["data"], cfg["size"], False, train_stems),
+                         cfg["scale_images"], cfg["batch_size"])
+    run.save(ckpt, val_psnr=val_psnr, latent_scale=scale)
+    print(f"done: step {run.step}, val PSNR {val_psnr:.2f} dB, latent scale {scale:.4f} -> {ckpt}")
+    return run.meta(val_psnr=val_psnr, latent_scale=scale)
+
+
+if __name__ == "__main__":
+    main()
