@@ -1,0 +1,103 @@
+"""Samplers: small pure functions over an explicit list of timesteps, one algorithm each.
+
+Every sampler takes `denoise(x_t, t) -> (x0_hat, eps_hat)` (see `GaussianDiffusion.to_x0_eps`),
+the starting latent, the descending integer timesteps and the schedule's `alphas_cumprod`, and
+returns the final x0. The last step always goes to abar = 1 (no noise). Arrays may be numpy or
+Jittor Vars: only arithmetic is used, and randomness comes in through `noise(shape)`.
+Guidance (`cfg_denoiser`) wraps the model function; it is never hidden in the conditioning.
+
+Notation: abar_t = alphas_cumprod[t], alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t),
+lambda_t = log(alpha_t / sigma_t) (half log-SNR).
+"""
+import math
+
+import numpy as np
+
+
+def _abar(alphas_cumprod, t):
+    return 1.0 if t is None else float(alphas_cumprod[t])
+
+
+def noised_start(x0, t_start, alphas_cumprod, noise):
+    """Image-to-image start: x0 noised to timestep t_start (SDEdit, Meng et al. 2022)."""
+    a = _abar(alphas_cumprod, t_start)
+    return math.sqrt(a) * x0 + math.sqrt(1.0 - a) * noise
+
+
+def ddim(denoise, x, timesteps, alphas_cumprod, eta=0.0, noise=None):
+    """DDIM (Song, Meng & Ermon 2021, eq. 12): deterministic for eta = 0, DDPM-like for eta = 1.
+
+    x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps + s z,
+    s = eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev).
+    """
+    if eta > 0 and noise is None:
+        raise ValueError("ddim with eta > 0 needs a noise function")
+    ts = list(timesteps)
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else None
+        a, a_prev = _abar(alphas_cumprod, t), _abar(alphas_cumprod, t_prev)
+        x0, eps = denoise(x, t)
+        s = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev)) if t_prev is not None else 0.0
+        x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - s * s, 0.0)) * eps
+        if s > 0:
+            x = x + s * noise(x.shape)
+    return x
+
+
+def dpmpp_2m(denoise, x, timesteps, alphas_cumprod):
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), data prediction, multistep.
+
+    With h_i = lambda_{t_i} - lambda_{t_{i-1}} and r_i = h_{i-1} / h_i:
+    D_i = (1 + 1/(2 r_i)) x0_i - 1/(2 r_i) x0_{i-1}   (first step: D = x0),
+    x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x - alpha_{t_i} (exp(-h_i) - 1) D_i.
+    The final step, to abar = 1, returns D (first order there, as `lower_order_final`).
+    """
+    ts = list(timesteps)
+    x0_prev, h_prev = None, None
+    for i, t in enumerate(ts):
+        x0, _ = denoise(x, t)
+        if i + 1 == len(ts):
+            return x0
+        a, a_next = _abar(alphas_cumprod, t), _abar(alphas_cumprod, ts[i + 1])
+        lam, lam_next = 0.5 * math.log(a / (1 - a)), 0.5 * math.log(a_next / (1 - a_next))
+        h = lam_next - lam
+        if x0_prev is None:
+            d = x0
+        else:
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        x = math.sqrt((1 - a_next) / (1 - a)) * x - math.sqrt(a_next) * math.expm1(-h) * d
+        x0_prev, h_prev = x0, h
+    return x
+
+
+SAMPLERS = {"ddim": ddim, "dpmpp_2m": dpmpp_2m}
+
+
+def cfg_denoiser(model_fn, to_x0_eps, cond, scale, drop, concat):
+    """Classifier-free guidance (Ho & Salimans 2022) around `model_fn(x, t, cond) -> output`.
+
+    The conditional and the unconditional calls run as one batch: the unconditional half has the
+    entries of `cond` named in `drop` replaced by their null value (`drop` maps a name to a function
+    giving it). Guidance is applied to the network output: out_u + scale (out_c - out_u); scale 1
+    is the conditional model exactly (one call, no batching). `concat([a, b])` joins batches.
+    Returns `denoise(x, t) -> (x0, eps)` for the samplers.
+    """
+    uncond = {k: (drop[k](v) if k in drop else v) for k, v in cond.items()}
+    both = {k: concat([cond[k], uncond[k]]) for k in cond}
+
+    def denoise(x, t):
+        n = x.shape[0]
+        if scale == 1.0 or not drop:
+            out = model_fn(x, _steps(t, n), cond)
+        else:
+            out2 = model_fn(concat([x, x]), _steps(t, 2 * n), both)
+            out_c, out_u = out2[:n], out2[n:]
+            out = out_u + scale * (out_c - out_u)
+        return to_x0_eps(out, x, _steps(t, n))
+
+    return denoise
+
+
+def _steps(t, n):
+    return np.full((n,), t, np.int64)
