@@ -298,9 +298,9 @@ class BatchLoader:
             for idx in batches:
                 pending.append([pool.submit(self._load, epoch, i) for i in idx])
                 if len(pending) > self.prefetch:
-                    yield _stack([f.result() for f in pending.popleft()])
+                    yield collate([f.result() for f in pending.popleft()])
             while pending:
-                yield _stack([f.result() for f in pending.popleft()])
+                yield collate([f.result() for f in pending.popleft()])
 
     def forever(self, start_step=0):
         """Endless batches; step k of the stream is the same whatever `start_step` a run resumes at."""
@@ -310,7 +310,7 @@ class BatchLoader:
             epoch, start = epoch + 1, 0
 
 
-def _stack(items):
+def collate(items):
     return {k: np.stack([it[k] for it in items]) for k in items[0]}
 
 

@@ -13,7 +13,8 @@ RUN=${RUN:-runs/demo}         # checkpoints, sample grids, results and logs of t
 DEMO=${DEMO:-data/demo}       # where the demo data is generated
 DEMO_FLAGS="--train 120 --test 24 --seed 0"
 VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
-FORCE=${FORCE:-}              # stages to redo: data check vae
+LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: README.md)
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm
 # -------------------------------------------------------------------------------------------
 
 bash tools/setup.sh
@@ -38,13 +39,13 @@ if [ ! -f "$RUN/data_check.txt" ] || forced check; then
     mv "$RUN/data_check.txt.tmp" "$RUN/data_check.txt"
 fi
 
-if ! forced vae && [ -f "$RUN/vae/ckpt.npz" ] && [ -f "$RUN/vae/done" ]; then
-    echo "vae: $RUN/vae/ckpt.npz is trained (FORCE=vae to retrain)"
-else
-    banner "vae: stage 1, the autoencoder -> $RUN/vae/ckpt.npz"
-    forced vae && rm -rf "$RUN/vae"
-    $PY train_vae.py --data "$DATA" --out "$RUN/vae" $VAE_FLAGS
-    touch "$RUN/vae/done"
-fi
+# Training stages resume from their checkpoint and return at once when finished.
+banner "vae: stage 1, the autoencoder -> $RUN/vae/ckpt.npz"
+forced vae && rm -rf "$RUN/vae"
+$PY train_vae.py --data "$DATA" --out "$RUN/vae" $VAE_FLAGS
+
+banner "ldm: stage 2, the conditional UNet -> $RUN/ldm/ckpt.npz"
+forced ldm && rm -rf "$RUN/ldm"
+$PY train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $LDM_FLAGS
 
 banner "done: $RUN"

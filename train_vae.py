@@ -25,9 +25,9 @@ DEFAULTS = dict(
     init_from="",               # start from: a public SD VAE (.safetensors/.ckpt/.bin) or one of our .npz
     batch_size=4, accum=1,      # global batch = batch_size * accum
     lr=2e-4, weight_decay=0.0, grad_clip=1.0,
-    max_steps=600,
+    max_steps=500,
     kl_weight=1e-6,             # on the per-image sums, as latent-diffusion
-    disc_start=300, disc_weight=0.5, disc_ndf=32, disc_layers=3,
+    disc_start=250, disc_weight=0.5, disc_ndf=32, disc_layers=3,
     ema_decay=0.999,
     precision="tf32",           # GPU only: fp32 | tf32 | fp16 (Jittor AMP + dynamic loss scale)
     log_every=10, sample_every=100, ckpt_every=100,

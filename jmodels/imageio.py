@@ -34,3 +34,13 @@ def save_grid(rows, path, pad=2):
     Image.fromarray(grid).save(tmp, format="PNG")
     os.replace(tmp, path)
     return path
+
+
+def palette(num_classes=29, seed=3):
+    """A fixed colour per class, for showing label maps."""
+    return np.random.default_rng(seed).integers(40, 256, (num_classes, 3)).astype(np.uint8)
+
+
+def colorize(labels):
+    """(..., H, W) class ids -> (..., H, W, 3) uint8."""
+    return palette()[np.asarray(labels)]

@@ -1,0 +1,63 @@
+"""From conditions to latents and images: the one generation path shared by train_ldm.py's sample
+grids and test.py. The UNet, the VAE and the diffusion math meet here and nowhere else.
+
+A run: encode the reference (its latent gives the style statistics and, for image-to-image, the
+start), build the one-hot mask, then sample with guidance over an explicit timestep list.
+"""
+import jittor as jt
+import numpy as np
+
+from .conditioning import one_hot, style_features
+from .diffusion import spaced_timesteps
+from .samplers import SAMPLERS, cfg_denoiser, noised_start
+
+NULLS = {"mask": jt.zeros_like, "style": jt.zeros_like}
+
+
+def encode_mean(vae, images, scale):
+    """(B, 3, H, W) in [-1, 1] -> scaled posterior means (B, 4, H/8, W/8), without gradients."""
+    with jt.no_grad():
+        mean, _ = vae.encode(jt.array(images))
+        return (mean * scale).numpy()
+
+
+def decode(vae, z, scale):
+    """Scaled latents -> (B, 3, H, W) images in [-1, 1] (clipped), as numpy."""
+    with jt.no_grad():
+        return vae.decode(jt.array(z) / scale).clamp(-1, 1).numpy()
+
+
+def conditions(labels, ref_images_uint8, ref_latents):
+    """Label maps (B, H, W) and references -> the UNet's condition dict (Jittor Vars)."""
+    style = np.stack([style_features(im, z) for im, z in zip(ref_images_uint8, ref_latents)])
+    return {"mask": jt.array(one_hot(labels)), "style": jt.array(style)}
+
+
+def sample(unet, diffusion, cond, noise, steps=20, sampler="dpmpp_2m", guidance=2.0, drop=("mask", "style"),
+           strength=1.0, x_ref=None, spacing="logsnr"):
+    """Latents from conditions: pure noise (strength 1) or `x_ref` noised to `strength`.
+
+    noise: (B, 4, h, w) numpy, the sampler's starting noise. Returns (latents numpy, UNet calls per image).
+    """
+    ts = spaced_timesteps(diffusion.alphas_cumprod, steps, strength, spacing)
+    if strength < 1.0:
+        if x_ref is None:
+            raise ValueError("strength < 1 needs x_ref, the latent to start from")
+        x = noised_start(jt.array(x_ref), int(ts[0]), diffusion.alphas_cumprod, jt.array(noise))
+    else:
+        x = jt.array(noise)
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; one of {sorted(SAMPLERS)}")
+
+    def model_fn(x_t, t, c):
+        out = unet(x_t, jt.array(t), c["mask"], c["style"])
+        out.sync()  # run each step now: Jittor is lazy, and the loop must not grow one graph of all steps
+        return out
+
+    nulls = {k: NULLS[k] for k in drop}
+    den = cfg_denoiser(model_fn, diffusion.to_x0_eps, cond, guidance, nulls, jt.concat)
+    with jt.no_grad():
+        z = SAMPLERS[sampler](den, x, ts, diffusion.alphas_cumprod).numpy()
+    calls = len(ts) * (2 if guidance != 1.0 and drop else 1)
+    return z, calls

@@ -1,0 +1,177 @@
+"""The stage-2 denoiser: a UNet over VAE latents that follows the label map pixel by pixel (SPADE)
+and takes the reference's style as a vector added to the timestep embedding.
+
+`execute(x_t, t, mask, style)`: x_t (B, 4, h, w) latents; t (B,) integer timesteps; mask
+(B, 29, H, W) one-hot label map at any multiple of (h, w) (all zeros = no mask, for guidance);
+style (B, style_dim) from `jmodels.conditioning.style_features` (all zeros = no style).
+The mask enters every res-block through spatially-adaptive GroupNorm, resized with NEAREST to
+each level. Output convs are zero-initialised, so training starts from a zero prediction.
+Refs: Park et al. 2019 (SPADE); Wang et al. 2022 (SDM, semantic diffusion); Dhariwal & Nichol 2021
+(scale-shift norm, the ADM UNet).
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import jittor as jt
+from jittor import init, nn
+
+from .layers import SelfAttention, Upsample, group_norm
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int = 4
+    ch: int = 128
+    ch_mult: tuple = (1, 2, 3, 4)
+    num_res_blocks: int = 2
+    attn_levels: tuple = (2, 3)  # levels (0 = full latent resolution) with self-attention
+    head_dim: int = 64
+    num_classes: int = 29
+    style_dim: int = 79
+    spade_hidden: int = 128
+    norm_groups: int = 32
+    dropout: float = 0.0
+
+    @property
+    def factor(self):
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        for k in ("ch_mult", "attn_levels"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    """Sinusoidal embedding of integer timesteps (B,) -> (B, dim) (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = jt.exp(-math.log(max_period) * jt.arange(half).float32() / half)
+    args = t.float32().reshape(-1, 1) * freqs.reshape(1, -1)
+    return jt.concat([jt.cos(args), jt.sin(args)], dim=1)
+
+
+def zero_module(m):
+    for p in m.parameters():
+        init.constant_(p, 0.0)
+    return m
+
+
+class SPADE(nn.Module):
+    """GroupNorm without affine, then a per-pixel scale and shift predicted from the label map."""
+
+    def __init__(self, channels, c: UNetConfig):
+        super().__init__()
+        self.norm = nn.GroupNorm(c.norm_groups, channels, eps=1e-6, affine=False)
+        self.shared = nn.Conv2d(c.num_classes, c.spade_hidden, 3, padding=1)
+        self.gamma = zero_module(nn.Conv2d(c.spade_hidden, channels, 3, padding=1))
+        self.beta = zero_module(nn.Conv2d(c.spade_hidden, channels, 3, padding=1))
+
+    def execute(self, x, mask):
+        h = nn.relu(self.shared(mask))
+        return self.norm(x) * (1 + self.gamma(h)) + self.beta(h)
+
+
+class ResBlock(nn.Module):
+    """SPADE-SiLU-Conv, scale-shift from the embedding, SPADE-SiLU-Conv(zero init), residual."""
+
+    def __init__(self, in_ch, out_ch, emb_dim, c: UNetConfig):
+        super().__init__()
+        self.norm1 = SPADE(in_ch, c)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = SPADE(out_ch, c)
+        self.dropout = nn.Dropout(c.dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
+
+    def execute(self, x, emb, mask):
+        h = self.conv1(nn.silu(self.norm1(x, mask)))
+        scale, shift = jt.chunk(self.emb(nn.silu(emb)).reshape(emb.shape[0], -1, 1, 1), 2, dim=1)
+        h = self.norm2(h, mask) * (1 + scale) + shift
+        h = self.conv2(self.dropout(nn.silu(h)))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class Block(nn.Module):
+    """One res-block, optionally followed by self-attention."""
+
+    def __init__(self, in_ch, out_ch, emb_dim, c, attn):
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, c)
+        self.attn = SelfAttention(out_ch, c.norm_groups, c.head_dim) if attn else None
+
+    def execute(self, x, emb, mask):
+        x = self.res(x, emb, mask)
+        return x if self.attn is None else self.attn(x)
+
+
+class UNet(nn.Module):
+    def __init__(self, config: UNetConfig = UNetConfig()):
+        super().__init__()
+        c = self.config = config
+        emb_dim = 4 * c.ch
+        widths = [c.ch * m for m in c.ch_mult]
+        self.time_embed = nn.Sequential(nn.Linear(c.ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.style_embed = nn.Sequential(nn.Linear(c.style_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
+        self.down, self.downsample, skips, ch = nn.ModuleList(), nn.ModuleList(), [widths[0]], widths[0]
+        for lvl, w in enumerate(widths):
+            for _ in range(c.num_res_blocks):
+                self.down.append(Block(ch, w, emb_dim, c, lvl in c.attn_levels))
+                ch = w
+                skips.append(ch)
+            if lvl < len(widths) - 1:
+                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.mid = nn.ModuleList([Block(ch, ch, emb_dim, c, True), Block(ch, ch, emb_dim, c, False)])
+        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        for lvl in reversed(range(len(widths))):
+            for _ in range(c.num_res_blocks + 1):
+                self.up.append(Block(ch + skips.pop(), widths[lvl], emb_dim, c, lvl in c.attn_levels))
+                ch = widths[lvl]
+            if lvl > 0:
+                self.upsample.append(Upsample(ch))
+        self.norm_out = group_norm(ch, c.norm_groups)
+        self.conv_out = zero_module(nn.Conv2d(ch, c.in_channels, 3, padding=1))
+
+    def check_inputs(self, x, t, mask, style):
+        c, (b, _, h, w) = self.config, x.shape
+        assert x.ndim == 4 and x.shape[1] == c.in_channels, f"x_t must be (B, {c.in_channels}, h, w), got {x.shape}"
+        assert h % c.factor == 0 and w % c.factor == 0, f"latent sides {h}x{w} must be multiples of {c.factor}"
+        assert tuple(t.shape) == (b,), f"t must be (B,) = ({b},), got {t.shape}"
+        assert mask.ndim == 4 and mask.shape[0] == b and mask.shape[1] == c.num_classes, \
+            f"mask must be one-hot (B, {c.num_classes}, H, W), got {mask.shape}"
+        assert mask.shape[2] % h == 0 and mask.shape[3] % w == 0 and mask.shape[2] // h == mask.shape[3] // w, \
+            f"mask {mask.shape[2]}x{mask.shape[3]} is not a whole multiple of the latent {h}x{w}"
+        assert tuple(style.shape) == (b, c.style_dim), f"style must be (B, {c.style_dim}), got {style.shape}"
+
+    def execute(self, x, t, mask, style):
+        self.check_inputs(x, t, mask, style)
+        emb = self.time_embed(timestep_embedding(t, self.config.ch)) + self.style_embed(style)
+        masks = {}
+
+        def mask_at(h):  # NEAREST resize by pixel-centre sampling, cached per resolution
+            if h not in masks:
+                s = mask.shape[2] // h
+                masks[h] = mask[:, :, s // 2::s, s // 2::s] if s > 1 else mask
+            return masks[h]
+
+        n, hs = self.config.num_res_blocks, [self.conv_in(x)]
+        for lvl in range(len(self.config.ch_mult)):
+            for i in range(n):
+                hs.append(self.down[lvl * n + i](hs[-1], emb, mask_at(hs[-1].shape[2])))
+            if lvl < len(self.downsample):
+                hs.append(self.downsample[lvl](hs[-1]))
+        h = hs[-1]
+        for block in self.mid:
+            h = block(h, emb, mask_at(h.shape[2]))
+        for j, block in enumerate(self.up):
+            h = block(jt.concat([h, hs.pop()], dim=1), emb, mask_at(h.shape[2]))
+            if (j + 1) % (n + 1) == 0 and (j + 1) // (n + 1) <= len(self.upsample):
+                h = self.upsample[(j + 1) // (n + 1) - 1](h)
+        return self.conv_out(nn.silu(self.norm_out(h)))

@@ -1,0 +1,228 @@
+"""Stage 2: train the label- and style-conditioned UNet in the frozen VAE's latent space.
+
+    python train_ldm.py [--name value ...]     (every default below; `--help` lists them)
+
+Reads the stage-1 checkpoint (EMA weights and the measured latent scale). Writes `<out>/ckpt.npz`
+(step, UNet and diffusion configs, weights, EMA, optimizer state), `<out>/samples/*.png` (label |
+reference from another held-out photo | sample from noise | the real photo) and `<out>/log.jsonl`.
+Re-running resumes exactly; a finished run returns at once.
+Refs: Rombach et al. 2022 (latent diffusion); Wang et al. 2022 (SDM); Ho & Salimans 2022 (guidance).
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+# ---- defaults: the small CPU recipe of `bash run.sh`; the full-scale values are in README.md -----
+DEFAULTS = dict(
+    data="data/demo/train",     # training root with imgs/ + labels/
+    vae="runs/demo/vae/ckpt.npz",  # stage-1 checkpoint (made by run.sh's vae stage)
+    out="runs/demo/ldm",
+    size=(128, 96),             # training resolution W,H; latents are size/8
+    holdout=0.1,                # same split as stage 1 (same seed): held-out pairs feed the grids
+    ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(1, 2), head_dim=32, spade_hidden=64,
+    norm_groups=32, dropout=0.0,
+    prediction="v", schedule="scaled_linear", min_snr_gamma=5.0,
+    p_drop_mask=0.1, p_drop_style=0.1,  # each condition dropped on its own, for guidance
+    batch_size=8, accum=1, lr=2e-4, weight_decay=0.0, grad_clip=1.0,
+    max_steps=1500, ema_decay=0.999,
+    precision="tf32",           # GPU only: fp32 | tf32 | fp16 (Jittor AMP + dynamic loss scale)
+    log_every=10, sample_every=250, ckpt_every=250,
+    sample_steps=20, guidance=2.0,  # for the grids: DPM-Solver++(2M), guidance on mask and style
+    seed=0, workers=2,
+)
+# ----------------------------------------------------------------------------------------------------
+
+
+def configs(cfg):
+    from jmodels.conditioning import STYLE_DIM
+    from jmodels.diffusion import DiffusionConfig
+    from jmodels.unet import UNetConfig
+    unet = UNetConfig(ch=cfg["ch"], ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
+                      attn_levels=tuple(cfg["attn_levels"]), head_dim=cfg["head_dim"], style_dim=STYLE_DIM,
+                      spade_hidden=cfg["spade_hidden"], norm_groups=cfg["norm_groups"], dropout=cfg["dropout"])
+    diffusion = DiffusionConfig(schedule=cfg["schedule"], prediction=cfg["prediction"],
+                                min_snr_gamma=cfg["min_snr_gamma"])
+    return unet, diffusion
+
+
+def load_vae(path):
+    """The frozen stage-1 autoencoder (EMA weights) and its latent scale."""
+    from jmodels import checkpoint
+    from jmodels.vae import AutoencoderKL, VAEConfig
+    meta, groups = checkpoint.load(path)
+    if meta.get("kind") != "vae" or not meta.get("latent_scale"):
+        raise checkpoint.CheckpointError(f"{path}: not a finished stage-1 checkpoint (no latent scale); "
+                                         "finish train_vae.py first (run.sh stage vae)")
+    vae = checkpoint.load_into(AutoencoderKL(VAEConfig.from_dict(meta["config"])), groups["ema"], f"{path} [ema]")
+    for p in vae.parameters():
+        p.stop_grad()
+    vae.eval()
+    return vae, float(meta["latent_scale"])
+
+
+class Run:
+    """Networks, EMA twin, optimizer, the frozen VAE and the step of one stage-2 run."""
+
+    def __init__(self, cfg, unet_config, diffusion_config, vae, scale):
+        import jittor as jt
+        from jmodels.diffusion import GaussianDiffusion
+        from jmodels.ema import EMA
+        from jmodels.optim import AdamW, LossScale
+        from jmodels.unet import UNet
+        self.cfg, self.unet_config, self.step = cfg, unet_config, 0
+        self.diffusion = GaussianDiffusion(diffusion_config)
+        self.vae, self.scale = vae, scale
+        self.model = UNet(unet_config)
+        self.ema = EMA(self.model, UNet(unet_config), cfg["ema_decay"])
+        fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
+        self.opt = AdamW(self.model.named_parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                         grad_clip=cfg["grad_clip"], loss_scale=LossScale() if fp16 else None)
+
+    def meta(self, **extra):
+        return dict(kind="ldm", step=self.step, config=self.unet_config.to_dict(),
+                    diffusion=self.diffusion.config.to_dict(), train=self.cfg, latent_scale=self.scale,
+                    ema_updates=self.ema.updates, opt=self.opt.state_meta(), **extra)
+
+    def save(self, path, **extra):
+        from jmodels import checkpoint
+        from jmodels.checkpoint import state_arrays
+        checkpoint.save(path, self.meta(**extra), model=state_arrays(self.model),
+                        ema=state_arrays(self.ema.twin), opt=self.opt.state_arrays())
+
+    def load(self, path):
+        from jmodels import checkpoint
+        from jmodels.unet import UNetConfig
+        meta, groups = checkpoint.load(path)
+        if meta.get("kind") != "ldm" or UNetConfig.from_dict(meta["config"]) != self.unet_config \
+                or meta["diffusion"] != self.diffusion.config.to_dict():
+            raise checkpoint.CheckpointError(f"{path}: written for another UNet or diffusion config; "
+                                             "use another --out or the same flags")
+        checkpoint.load_into(self.model, groups["model"], f"{path} [model]")
+        checkpoint.load_into(self.ema.twin, groups["ema"], f"{path} [ema]")
+        self.opt.load_state(groups["opt"], meta["opt"])
+        self.step, self.ema.updates = int(meta["step"]), int(meta["ema_updates"])
+        return meta
+
+
+def make_inputs(run, batch, rng):
+    """Latents, conditions (with dropout) and timesteps for one micro-batch; numpy rng for all choices."""
+    import jittor as jt
+    from jmodels.conditioning import one_hot, reference_crop, style_features
+    from jmodels.imageio import to_uint8
+    x = jt.array(batch["image"])
+    with jt.no_grad():
+        mean, logvar = run.vae.encode(x)
+        z = ((mean + (0.5 * logvar).exp() * jt.randn(mean.shape)) * run.scale).numpy()  # (B, 4, h, w)
+    images = to_uint8(batch["image"])
+    styles = []
+    for img, lat in zip(images, z):  # the reference: a random crop of the same photo (pooled stats only)
+        y0, x0, y1, x1 = reference_crop(rng, img.shape[:2])
+        styles.append(style_features(img[y0:y1, x0:x1], lat[:, y0 // 8:y1 // 8, x0 // 8:x1 // 8]))
+    b = len(z)
+    keep_mask = (rng.random(b) >= run.cfg["p_drop_mask"]).astype(np.float32)
+    keep_style = (rng.random(b) >= run.cfg["p_drop_style"]).astype(np.float32)
+    mask = one_hot(batch["label"]) * keep_mask[:, None, None, None]
+    style = np.stack(styles) * keep_style[:, None]
+    t = rng.integers(0, run.diffusion.num_timesteps, b)
+    return z, mask, style, t
+
+
+def train_step(run, micro_batches):
+    """One optimizer update over `accum` micro-batches; returns the mean loss."""
+    import jittor as jt
+    cfg, accum = run.cfg, len(micro_batches)
+    jt.set_global_seed(cfg["seed"] + run.step)  # noise depends on the step only: exact resume
+    rng = np.random.default_rng([cfg["seed"], run.step])
+    total = 0.0
+    for batch in micro_batches:
+        z, mask, style, t = make_inputs(run, batch, rng)
+        z = jt.array(z)
+        eps = jt.randn(z.shape)
+        x_t = run.diffusion.q_sample(z, t, eps)
+        out = run.model(x_t, jt.array(t), jt.array(mask), jt.array(style))
+        mse = (out - run.diffusion.target(z, eps, t)).sqr().mean(dims=[1, 2, 3])
+        loss = (mse * jt.array(run.diffusion.loss_weight(t))).mean()
+        run.opt.backward(loss / accum)
+        total += loss.item() / accum
+    run.opt.step()
+    run.ema.update()
+    run.step += 1
+    return total
+
+
+def sample_grid(run, val, path):
+    """Held-out labels with references from *other* held-out photos: label | reference | sample | real."""
+    from jmodels import generate
+    from jmodels.imageio import colorize, save_grid, to_uint8
+    n = min(4, len(val["image"]))
+    refs = np.roll(np.arange(len(val["image"])), 1)[:n]
+    ref_latents = generate.encode_mean(run.vae, val["image"][refs], run.scale)
+    cond = generate.conditions(val["label"][:n], to_uint8(val["image"][refs]), ref_latents)
+    noise = np.random.default_rng(run.cfg["seed"]).standard_normal(ref_latents.shape).astype(np.float32)
+    z, _ = generate.sample(run.ema.twin, run.diffusion, cond, noise, steps=run.cfg["sample_steps"],
+                           guidance=run.cfg["guidance"])
+    out = to_uint8(generate.decode(run.vae, z, run.scale))
+    rows = [[colorize(val["label"][i]), to_uint8(val["image"][refs[i]]), out[i], to_uint8(val["image"][i])]
+            for i in range(n)]
+    return save_grid(rows, path)
+
+
+def main(argv=None):
+    from jmodels import cli
+    cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
+    from jmodels.runtime import init_jittor
+    jt = init_jittor(seed=cfg["seed"])
+    if jt.flags.use_cuda:
+        jt.flags.use_tensorcore = int(cfg["precision"] in ("tf32", "fp16"))
+        jt.flags.auto_mixed_precision_level = 5 if cfg["precision"] == "fp16" else 0
+    import dataset
+
+    out = Path(cfg["out"])
+    unet_config, diffusion_config = configs(cfg)
+    vae, scale = load_vae(cfg["vae"])
+    train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
+    train_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems)
+    val_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=False, stems=val_stems)
+    val = dataset.collate([val_set.load(i) for i in range(min(8, len(val_set)))])
+    loader = dataset.BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
+                                 world_size=jt.world_size, workers=cfg["workers"])
+    run = Run(cfg, unet_config, diffusion_config, vae, scale)
+    ckpt = out / "ckpt.npz"
+    if ckpt.exists():
+        run.load(ckpt)
+        print(f"resuming {ckpt} at step {run.step}")
+        if run.step >= cfg["max_steps"]:
+            print(f"already trained: step {run.step}")
+            return run.meta()
+    n_params = sum(int(np.prod(p.shape)) for p in run.model.parameters())
+    print(f"UNet: {n_params / 1e6:.2f} M parameters; latents {cfg['size'][0] // 8}x{cfg['size'][1] // 8}, "
+          f"scale {scale:.4f}")
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "log.jsonl").open("a")
+    batches = loader.forever(start_step=run.step * cfg["accum"])
+    bar = tqdm(total=cfg["max_steps"], initial=run.step, desc="ldm", dynamic_ncols=True)
+    t0, recent = time.time(), []
+    while run.step < cfg["max_steps"]:
+        recent.append(train_step(run, [next(batches) for _ in range(cfg["accum"])]))
+        bar.update(1)
+        if run.step % cfg["log_every"] == 0:
+            loss = float(np.mean(recent))
+            bar.set_postfix(loss=f"{loss:.4f}")
+            log.write(json.dumps({"step": run.step, "loss": loss,
+                                  "s_per_step": (time.time() - t0) / len(recent)}) + "\n")
+            log.flush()
+            t0, recent = time.time(), []
+        if run.step % cfg["sample_every"] == 0 or run.step == cfg["max_steps"]:
+            sample_grid(run, val, out / "samples" / f"step_{run.step:07d}.png")
+        if run.step % cfg["ckpt_every"] == 0 or run.step == cfg["max_steps"]:
+            run.save(ckpt)
+    bar.close()
+    print(f"done: step {run.step} -> {ckpt}")
+    return run.meta()
+
+
+if __name__ == "__main__":
+    main()
