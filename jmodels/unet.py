@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import jittor as jt
 from jittor import init, nn
 
-from .layers import SelfAttention, Upsample, group_norm
+from .layers import GroupNorm, SelfAttention, Upsample, group_norm
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class SPADE(nn.Module):
 
     def __init__(self, channels, c: UNetConfig):
         super().__init__()
-        self.norm = nn.GroupNorm(c.norm_groups, channels, eps=1e-6, affine=False)
+        self.norm = GroupNorm(c.norm_groups, channels, eps=1e-6, affine=False)
         self.shared = nn.Conv2d(c.num_classes, c.spade_hidden, 3, padding=1)
         self.gamma = zero_module(nn.Conv2d(c.spade_hidden, channels, 3, padding=1))
         self.beta = zero_module(nn.Conv2d(c.spade_hidden, channels, 3, padding=1))

@@ -1,0 +1,219 @@
+"""The contest entry: label maps + reference photos -> <output_path>/<label stem>.jpg (512x384) + a zip.
+
+    python test.py --input_path <test dir> --img_path <train dir> --output_path ./results [--name value ...]
+
+Everything is validated before any network work (an unusable file stops the run with one error
+naming it). Each image starts from its reference's latent noised to --strength, is sampled with
+DPM-Solver++(2M) under classifier-free guidance (at most 40 UNet calls by default), decoded,
+upscaled to 512x384 and moved toward the reference's colours in Lab. The noise of an image is
+seeded by its file name, so outputs do not depend on batch size or order. Each JPEG is written to
+a temporary name and renamed; --resume 1 keeps the valid outputs of an interrupted run.
+"""
+import hashlib
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# ---- defaults: every knob is a flag of the same name ------------------------------------------------
+DEFAULTS = dict(
+    input_path="data/demo/test",  # label PNGs (or one val_*_labels_resized/) + label_to_img.json
+    img_path="data/demo/train",   # training folder: references are looked up in its imgs/
+    output_path="results",        # one flat folder of <stem>.jpg; the zip goes beside it
+    run="",                       # run folder with vae/ and ldm/ checkpoints; empty: newest under runs/
+    ldm="",                       # a stage-2 checkpoint to use instead of <run>/ldm/ckpt.npz (e.g. averaged)
+    weights="ema",                # ema | raw
+    size=(0, 0),                  # generation size W,H; 0,0: the LDM's training size
+    sampler="dpmpp_2m", steps=20, strength=0.8,
+    guidance=2.0, drop=("mask", "style"),  # the unconditional branch drops these conditions
+    color_transfer=0.5,           # Reinhard Lab transfer toward the reference, 0 (off) .. 1
+    color_per_class=True,         # per class where the reference's label map has the class
+    batch_size=4, seed=0,
+    zip=True, resume=False,
+)
+# ------------------------------------------------------------------------------------------------------
+OUT_SIZE = (512, 384)
+ROOT = Path(__file__).resolve().parent
+
+
+def find_run(run):
+    """The run folder holding vae/ckpt.npz and ldm/ckpt.npz: `run`, else the newest under runs/."""
+    if run:
+        found = Path(run)
+    else:
+        done = sorted((ROOT / "runs").glob("*/ldm/ckpt.npz"), key=lambda p: p.stat().st_mtime)
+        if not done:
+            sys.exit("error: no trained stage-2 checkpoint (runs/*/ldm/ckpt.npz): "
+                     "run `bash run.sh` (its vae and ldm stages) first, or pass --run <folder>")
+        found = done[-1].parent.parent
+    for stage in ("vae", "ldm"):
+        if not (found / stage / "ckpt.npz").is_file():
+            sys.exit(f"error: {found / stage / 'ckpt.npz'} not found: run.sh's {stage} stage makes it")
+    return found
+
+
+def load_models(run_dir, weights, ldm=""):
+    import train_ldm
+    from jmodels import checkpoint
+    from jmodels.diffusion import DiffusionConfig, GaussianDiffusion
+    from jmodels.unet import UNet, UNetConfig
+    vae, scale = train_ldm.load_vae(run_dir / "vae" / "ckpt.npz")
+    path = Path(ldm) if ldm else run_dir / "ldm" / "ckpt.npz"
+    meta, groups = checkpoint.load(path)
+    unet = checkpoint.load_into(UNet(UNetConfig.from_dict(meta["config"])),
+                                groups["ema" if weights == "ema" else "model"], f"{path} [{weights}]")
+    unet.eval()
+    if abs(meta["latent_scale"] - scale) > 1e-6:
+        raise checkpoint.CheckpointError(f"{path}: trained on latents scaled by {meta['latent_scale']}, "
+                                         f"but the VAE beside it measures {scale}: retrain stage 2")
+    print(f"stage 2: {path}, step {meta['step']}, {weights} weights")
+    return vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])), tuple(meta["train"]["size"])
+
+
+def image_seed(stem, seed):
+    """A 63-bit seed from the file name: an image's noise never depends on its position."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stem}".encode()).digest()[:8], "little") >> 1
+
+
+def valid_jpeg(path):
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.format == "JPEG" and im.mode == "RGB" and im.size == OUT_SIZE
+    except (OSError, SyntaxError):
+        return False
+
+
+def write_jpeg(image, path):
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(image).save(f, format="JPEG", quality=95, subsampling=0)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_inputs(items, img_path):
+    """Read and check every label and reference before the network runs: (labels, refs, ref_labels)."""
+    import dataset
+    labels, refs, ref_labels, errors = [], [], [], []
+    ref_label_dir = Path(img_path) / "labels"
+    for it in items:
+        try:
+            labels.append(dataset.read_label(it.label))
+            refs.append(dataset.read_image(it.reference))
+            rl = ref_label_dir / f"{it.reference.stem}.png"
+            ref_labels.append(dataset.read_label(rl) if rl.is_file() else None)
+        except dataset.DataError as e:
+            errors.append(str(e))
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise dataset.DataError(errors[0] + more)
+    return labels, refs, ref_labels
+
+
+def generate_batch(models, cfg, size, items, labels, refs):
+    """Images (B, H, W, 3) uint8 at the generation size, and the UNet calls per image."""
+    from jmodels import generate
+    from jmodels.imageio import to_uint8
+    vae, scale, unet, diffusion, _ = models
+    w, h = size
+    lab_small = np.stack([np.asarray(Image.fromarray(lb).resize((w, h), Image.NEAREST)) for lb in labels])
+    ref_small = np.stack([np.asarray(Image.fromarray(r).resize((w, h), Image.BICUBIC)) for r in refs])
+    x_ref = ref_small.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    z_ref = generate.encode_mean(vae, x_ref, scale)
+    noise = np.stack([np.random.default_rng(image_seed(it.stem, cfg["seed"])).standard_normal(z_ref.shape[1:])
+                      for it in items]).astype(np.float32)
+    cond = generate.conditions(lab_small, ref_small, z_ref)
+    z, calls = generate.sample(unet, diffusion, cond, noise, steps=cfg["steps"], sampler=cfg["sampler"],
+                               guidance=cfg["guidance"], drop=cfg["drop"], strength=cfg["strength"], x_ref=z_ref)
+    return to_uint8(generate.decode(vae, z, scale)), calls
+
+
+def postprocess(image, label, ref, ref_label, cfg):
+    from jmodels.color import reinhard_transfer
+    out = np.asarray(Image.fromarray(image).resize(OUT_SIZE, Image.LANCZOS))
+    if cfg["color_transfer"] > 0:
+        out = reinhard_transfer(out, ref, cfg["color_transfer"], label if cfg["color_per_class"] else None,
+                                ref_label if cfg["color_per_class"] else None)
+    return out
+
+
+def write_zip(folder, stems):
+    """<folder>.zip beside the folder, holding exactly the outputs of this test set."""
+    path = folder.parent / f"{folder.name}.zip"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+        for stem in sorted(stems):
+            z.write(folder / f"{stem}.jpg", f"{stem}.jpg")
+    os.replace(tmp, path)
+    return path
+
+
+def tidy(out, stems):
+    """Remove temp files an interrupted run left; warn about files that are not this set's outputs."""
+    for p in out.glob(".*.tmp"):
+        p.unlink()
+    extra = sorted(p.name for p in out.iterdir() if p.name not in {f"{s}.jpg" for s in stems})
+    if extra:
+        print(f"warning: {out} also holds {len(extra)} other file(s), e.g. {extra[0]}; the zip leaves them out")
+
+
+def main(argv=None):
+    from jmodels import cli
+    cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
+    import dataset
+    out = Path(cfg["output_path"])
+    if out.exists() and not out.is_dir():
+        sys.exit(f"error: --output_path {out} is a file, not a folder")
+    try:
+        items = dataset.list_test_items(cfg["input_path"], cfg["img_path"])
+        todo = [it for it in items if not (cfg["resume"] and valid_jpeg(out / f"{it.stem}.jpg"))]
+        labels, refs, ref_labels = load_inputs(todo, cfg["img_path"])
+    except dataset.DataError as e:
+        sys.exit(f"error: {e}")
+    run_dir = find_run(cfg["run"])
+    from jmodels.runtime import init_jittor
+    init_jittor(seed=cfg["seed"])
+    models = load_models(run_dir, cfg["weights"], cfg["ldm"])
+    size = tuple(cfg["size"]) if cfg["size"][0] else models[4]
+    out.mkdir(parents=True, exist_ok=True)
+    tidy(out, [it.stem for it in items])
+    print(f"{len(items)} labels, {len(items) - len(todo)} already done; models from {run_dir}, "
+          f"generating at {size[0]}x{size[1]}")
+    from tqdm import tqdm
+    failed, calls, t0 = [], 0, time.time()
+    bar = tqdm(total=len(todo), desc="test", dynamic_ncols=True)
+    for i in range(0, len(todo), cfg["batch_size"]):
+        sl = slice(i, i + cfg["batch_size"])
+        try:
+            images, calls = generate_batch(models, cfg, size, todo[sl], labels[sl], refs[sl])
+        except Exception as e:  # a batch that fails is reported, the rest still runs
+            failed += [(it.stem, f"{type(e).__name__}: {e}") for it in todo[sl]]
+            bar.update(len(todo[sl]))
+            continue
+        for it, img, lb, ref, rl in zip(todo[sl], images, labels[sl], refs[sl], ref_labels[sl]):
+            write_jpeg(postprocess(img, lb, ref, rl, cfg), out / f"{it.stem}.jpg")
+        bar.update(len(todo[sl]))
+    bar.close()
+    done = len(todo) - len(failed)
+    secs = (time.time() - t0) / max(done, 1)
+    print(f"written {done}, skipped {len(items) - len(todo)}, failed {len(failed)}; "
+          f"{secs:.2f} s per image, {calls} UNet calls per image")
+    for stem, why in failed:
+        print(f"  failed {stem}: {why}")
+    if cfg["zip"] and not failed:
+        print(f"zip: {write_zip(out, [it.stem for it in items])}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
