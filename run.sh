@@ -2,7 +2,7 @@
 # The whole pipeline, stage by stage; each stage is skipped when its output exists.
 #   bash run.sh                                    built-in demo data, sized for a CPU
 #   DATA=<train dir> TEST=<test dir> bash run.sh   the contest's data
-#   FORCE="data check" bash run.sh                 redo the named stages
+#   FORCE="ldm test" bash run.sh                   redo the named stages
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -14,7 +14,9 @@ DEMO=${DEMO:-data/demo}       # where the demo data is generated
 DEMO_FLAGS="--train 120 --test 24 --seed 0"
 VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
 LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: README.md)
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm
+TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
+RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm test
 # -------------------------------------------------------------------------------------------
 
 bash tools/setup.sh
@@ -48,4 +50,8 @@ banner "ldm: stage 2, the conditional UNet -> $RUN/ldm/ckpt.npz"
 forced ldm && rm -rf "$RUN/ldm"
 $PY train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $LDM_FLAGS
 
-banner "done: $RUN"
+banner "test: the contest entry -> $RESULTS and $RESULTS.zip"
+forced test && rm -rf "$RESULTS" "$RESULTS.zip"
+$PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
+
+banner "done: $RUN, $RESULTS.zip"
