@@ -50,8 +50,12 @@ banner "ldm: stage 2, the conditional UNet -> $RUN/ldm/ckpt.npz"
 forced ldm && rm -rf "$RUN/ldm"
 $PY train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $LDM_FLAGS
 
-banner "test: the contest entry -> $RESULTS and $RESULTS.zip"
-forced test && rm -rf "$RESULTS" "$RESULTS.zip"
-$PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
+if [ -z "$TEST" ]; then
+    echo "test: skipped (no TEST folder given)"
+else
+    banner "test: the contest entry -> $RESULTS and $RESULTS.zip"
+    forced test && rm -rf "$RESULTS" "$RESULTS.zip"
+    $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
+fi
 
 banner "done: $RUN, $RESULTS.zip"

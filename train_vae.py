@@ -161,10 +161,7 @@ def main(argv=None):
     from jmodels import cli
     cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
     from jmodels.runtime import init_jittor
-    jt = init_jittor(seed=cfg["seed"])
-    if jt.flags.use_cuda:
-        jt.flags.use_tensorcore = int(cfg["precision"] in ("tf32", "fp16"))
-        jt.flags.auto_mixed_precision_level = 5 if cfg["precision"] == "fp16" else 0
+    jt = init_jittor(seed=cfg["seed"], precision=cfg["precision"])
     import dataset
     from jmodels import checkpoint
     from jmodels.imageio import psnr, save_grid, to_uint8

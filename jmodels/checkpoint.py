@@ -9,9 +9,22 @@ or unexpected keys and shape mismatches raise with the full list (Jittor's own o
 import json
 import os
 import tempfile
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
+
+
+class SavedConfig:
+    """Mixin for the frozen dataclass configs that checkpoints carry as JSON (tuples come back as lists)."""
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        tuples = {f.name for f in fields(cls) if f.type in (tuple, "tuple")}
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
 
 
 class CheckpointError(ValueError):

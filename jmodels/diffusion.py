@@ -6,22 +6,21 @@ Notation (Ho et al. 2020; Salimans & Ho 2022): alphas_cumprod[t] = abar_t, x_t =
 sqrt(1 - abar_t) eps, v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0. Min-SNR-gamma weighting:
 Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy".
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from .checkpoint import SavedConfig
+
 
 @dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(SavedConfig):
     num_timesteps: int = 1000
     schedule: str = "scaled_linear"  # "scaled_linear" (Stable Diffusion) | "linear" (DDPM) | "cosine"
     beta_start: float = 0.00085
     beta_end: float = 0.012
     prediction: str = "v"  # what the network predicts: "eps" | "v"
     min_snr_gamma: float = 5.0  # 0 turns the weighting off
-
-    def to_dict(self):
-        return asdict(self)
 
 
 def make_betas(c: DiffusionConfig):

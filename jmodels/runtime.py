@@ -37,12 +37,19 @@ def configure_env(gpu):
     os.environ.setdefault("cache_name", "default")
 
 
-def init_jittor(seed=None):
-    """Import Jittor configured for this machine, set `use_cuda` and the seed; return the module."""
+def init_jittor(seed=None, precision="fp32"):
+    """Import Jittor configured for this machine, set `use_cuda`, the seed and, on a GPU, the
+    precision: fp32, tf32 (tensor cores for fp32 matmuls and convs) or fp16 (Jittor's automatic
+    mixed precision; parameters stay fp32, the optimizer adds a dynamic loss scale). Returns jittor."""
+    if precision not in ("fp32", "tf32", "fp16"):
+        raise ValueError(f"precision must be fp32, tf32 or fp16, got {precision!r}")
     gpu = use_gpu()
     configure_env(gpu)
     import jittor as jt
     jt.flags.use_cuda = int(gpu and jt.has_cuda)
+    if jt.flags.use_cuda:
+        jt.flags.use_tensorcore = int(precision in ("tf32", "fp16"))
+        jt.flags.auto_mixed_precision_level = 5 if precision == "fp16" else 0
     if seed is not None:
         jt.set_global_seed(seed)
     return jt

@@ -10,16 +10,17 @@ Refs: Park et al. 2019 (SPADE); Wang et al. 2022 (SDM, semantic diffusion); Dhar
 (scale-shift norm, the ADM UNet).
 """
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import jittor as jt
 from jittor import init, nn
 
+from .checkpoint import SavedConfig
 from .layers import GroupNorm, SelfAttention, Upsample, group_norm
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(SavedConfig):
     in_channels: int = 4
     ch: int = 128
     ch_mult: tuple = (1, 2, 3, 4)
@@ -36,15 +37,6 @@ class UNetConfig:
     def factor(self):
         return 2 ** (len(self.ch_mult) - 1)
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        d = dict(d)
-        for k in ("ch_mult", "attn_levels"):
-            d[k] = tuple(d[k])
-        return cls(**d)
 
 
 def timestep_embedding(t, dim, max_period=10000):

@@ -5,16 +5,17 @@ mean and log-variance, `decode` maps latents back to images in [-1, 1] (not clam
 Refs: Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models";
 diffusers `AutoencoderKL` (names and function match it, tests/test_vae.py checks to 1e-4).
 """
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import jittor as jt
 from jittor import nn
 
+from .checkpoint import SavedConfig
 from .layers import Downsample, ResnetBlock, SelfAttention, Upsample, group_norm
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(SavedConfig):
     in_channels: int = 3
     latent_channels: int = 4
     ch: int = 128  # width of the first level
@@ -26,14 +27,6 @@ class VAEConfig:
     def factor(self):
         return 2 ** (len(self.ch_mult) - 1)
 
-    def to_dict(self):
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        d = dict(d)
-        d["ch_mult"] = tuple(d["ch_mult"])
-        return cls(**d)
 
 
 class MidBlock(nn.Module):
