@@ -192,11 +192,12 @@ def list_test_items(input_path, img_path):
     return [TestItem(Path(n).stem, by_name[n], ref_dir / mapping[n]) for n in sorted(by_name)]
 
 
-def augment_pair(image, label, size, rng, max_zoom=1.25, flip=True):
+def augment_pair(image, label, size, rng, max_zoom=1.25, flip=None):
     """Same random zoom-crop and horizontal flip for image (H,W,3) and label (H,W).
 
     Zoom picks a crop of 1/z of each side (z uniform in [1, max_zoom]); the crop is resized to
     `size` (W, H): image with bicubic, label with NEAREST only, so class ids are never blended.
+    `flip`: True or False to decide, None to flip with probability 1/2.
     """
     h, w = label.shape
     z = rng.uniform(1.0, max_zoom)
@@ -205,7 +206,9 @@ def augment_pair(image, label, size, rng, max_zoom=1.25, flip=True):
     box = (x0, y0, x0 + cw, y0 + ch)
     image = np.asarray(Image.fromarray(image).resize(tuple(size), Image.BICUBIC, box=box))
     label = np.asarray(Image.fromarray(label).resize(tuple(size), Image.NEAREST, box=box))
-    if flip and rng.random() < 0.5:
+    if flip is None:
+        flip = rng.random() < 0.5
+    if flip:
         image, label = image[:, ::-1], label[:, ::-1]
     return np.ascontiguousarray(image), np.ascontiguousarray(label)
 
@@ -225,25 +228,30 @@ class PairDataset:
     Augmentation draws from the rng it is given, so a loader controls all randomness.
     """
 
-    def __init__(self, root, size=CONTEST_SIZE, augment=True, stems=None):
+    def __init__(self, root, size=CONTEST_SIZE, augment=True, stems=None, max_zoom=1.25):
         pairs = list_train_pairs(root)
         if stems is not None:
             keep = set(stems)
             pairs = [p for p in pairs if p.stem in keep]
-        self.pairs, self.size, self.augment = pairs, tuple(size), augment
+        self.pairs, self.size, self.augment, self.max_zoom = pairs, tuple(size), augment, max_zoom
 
     def __len__(self):
         return len(self.pairs)
 
-    def load(self, i, rng=None):
+    def load(self, i, rng=None, flip=False):
+        """Item i; with augmentation the rng draws zoom and flip (`flip` is then ignored)."""
         pair = self.pairs[i]
         image, label = read_image(pair.image), read_label(pair.label)
         if self.augment:
-            image, label = augment_pair(image, label, self.size, rng)
+            flip = bool(rng.random() < 0.5)
+            image, label = augment_pair(image, label, self.size, rng, self.max_zoom, flip)
         else:
             image, label = resize_pair(image, label, self.size)
+            if flip:
+                image, label = image[:, ::-1], label[:, ::-1]
         x = image.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0  # (3, H, W)
-        return {"image": x, "label": label.astype(np.int32), "index": np.int64(i)}
+        return {"image": np.ascontiguousarray(x), "label": np.ascontiguousarray(label, np.int32),
+                "index": np.int64(i), "flip": np.bool_(flip)}
 
 
 def split_stems(root, holdout, seed=0):

@@ -31,6 +31,8 @@ DEFAULTS = dict(
     precision="tf32",           # GPU only: fp32 | tf32 | fp16 (Jittor AMP + dynamic loss scale)
     log_every=10, sample_every=250, ckpt_every=250,
     sample_steps=20, guidance=2.0,  # for the grids: DPM-Solver++(2M), guidance on mask and style
+    cache_latents=False,        # encode the training set once (both flips) into <out>/latents.npz;
+                                # then augmentation is flips only (no zoom) and the VAE encoder never runs
     seed=0, workers=2,
 )
 # ----------------------------------------------------------------------------------------------------
@@ -74,7 +76,7 @@ class Run:
         from jmodels.unet import UNet
         self.cfg, self.unet_config, self.step = cfg, unet_config, 0
         self.diffusion = GaussianDiffusion(diffusion_config)
-        self.vae, self.scale = vae, scale
+        self.vae, self.scale, self.latent_cache = vae, scale, None
         self.model = UNet(unet_config)
         self.ema = EMA(self.model, UNet(unet_config), cfg["ema_decay"])
         fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
@@ -107,14 +109,42 @@ class Run:
         return meta
 
 
+def build_latent_cache(vae, train_set, path, batch_size, source):
+    """Posterior mean and log-variance of every training image, unflipped and flipped, as one
+    pickle-free file: (N, 2, 4, h, w) float16 each. Rebuilt when the VAE checkpoint changes."""
+    import jittor as jt
+    from jmodels import checkpoint
+    from tqdm import tqdm
+    stems = [p.stem for p in train_set.pairs]
+    if path.exists():
+        meta, groups = checkpoint.load(path)
+        if meta.get("source") == source and meta.get("stems") == stems:
+            return groups["cache"]
+    means, logvars = [], []
+    with jt.no_grad():
+        for i in tqdm(range(0, len(stems), batch_size), desc="latent cache", dynamic_ncols=True):
+            idx = range(i, min(i + batch_size, len(stems)))
+            x = np.stack([train_set.load(j, flip=f)["image"] for j in idx for f in (False, True)])
+            mean, logvar = vae.encode(jt.array(x))
+            means.append(mean.numpy().reshape(len(idx), 2, *mean.shape[1:]))
+            logvars.append(logvar.numpy().reshape(len(idx), 2, *mean.shape[1:]))
+    cache = {"mean": np.concatenate(means).astype(np.float16), "logvar": np.concatenate(logvars).astype(np.float16)}
+    checkpoint.save(path, {"kind": "latent_cache", "source": source, "stems": stems}, cache=cache)
+    return cache
+
+
 def make_inputs(run, batch, rng):
     """Latents, conditions (with dropout) and timesteps for one micro-batch; numpy rng for all choices."""
     import jittor as jt
     from jmodels.conditioning import one_hot, reference_crop, style_features
     from jmodels.imageio import to_uint8
-    x = jt.array(batch["image"])
     with jt.no_grad():
-        mean, logvar = run.vae.encode(x)
+        if run.latent_cache is not None:
+            pick = (batch["index"], batch["flip"].astype(np.int64))
+            mean = jt.array(run.latent_cache["mean"][pick].astype(np.float32))
+            logvar = jt.array(run.latent_cache["logvar"][pick].astype(np.float32))
+        else:
+            mean, logvar = run.vae.encode(jt.array(batch["image"]))
         z = ((mean + (0.5 * logvar).exp() * jt.randn(mean.shape)) * run.scale).numpy()  # (B, 4, h, w)
     images = to_uint8(batch["image"])
     styles = []
@@ -181,12 +211,17 @@ def main(argv=None):
     unet_config, diffusion_config = configs(cfg)
     vae, scale = load_vae(cfg["vae"])
     train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
-    train_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems)
+    train_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems,
+                                    max_zoom=1.0 if cfg["cache_latents"] else 1.25)
     val_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=False, stems=val_stems)
     val = dataset.collate([val_set.load(i) for i in range(min(8, len(val_set)))])
     loader = dataset.BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
                                  world_size=jt.world_size, workers=cfg["workers"])
     run = Run(cfg, unet_config, diffusion_config, vae, scale)
+    if cfg["cache_latents"]:
+        plain = dataset.PairDataset(cfg["data"], cfg["size"], augment=False, stems=train_stems)
+        source = f"{Path(cfg['vae']).resolve()}@{Path(cfg['vae']).stat().st_mtime_ns}:{cfg['size']}"
+        run.latent_cache = build_latent_cache(vae, plain, out / "latents.npz", cfg["batch_size"], source)
     ckpt = out / "ckpt.npz"
     if ckpt.exists():
         run.load(ckpt)

@@ -174,7 +174,7 @@ def main(argv=None):
     train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
     train_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems)
     val_images = np.stack([it["image"] for it in (dataset.PairDataset(cfg["data"], cfg["size"], False, val_stems).load(i)
-                                                   for i in range(min(32, len(val_stems))))])
+                                                   for i in range(min(128, len(val_stems))))])
     loader = dataset.BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
                                  world_size=jt.world_size, workers=cfg["workers"])
     run = Run(cfg, config)
