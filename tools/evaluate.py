@@ -1,0 +1,98 @@
+"""Score a results folder the way the contest does, with every term that can be computed offline.
+
+    python tools/evaluate.py --results <folder of jpgs> --input_path <test dir> --img_path <train dir>
+                             [--judge runs/judge/ckpt.npz] [--aesthetic 0.62] [--csv scores.csv]
+
+score = mask_accuracy * (0.2 * aesthetic + 0.3 * (0.5 * style + 0.5) + 0.5 * (100 - FID) / 100)
+(../shared/CONTEST.md). Terms: style (tools/style_metric.py); mask accuracy from the stand-in
+judge (tools/train_segmenter.py), whose own held-out accuracy is printed beside it as its ceiling;
+aesthetic only when given (the organisers' predictor is unpublished). FID is not computed yet
+(no Inception network here): it is left out and said so, never faked. The total is taken over the
+terms present, with the weight they cover.
+"""
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def contest_total(mask, style=None, aesthetic=None, fid=None):
+    """The contest's formula over the terms given: (total, weight of the bracket the terms cover)."""
+    parts = [(0.3, 0.5 * style + 0.5) if style is not None else None,
+             (0.2, aesthetic) if aesthetic is not None else None,
+             (0.5, (100 - min(fid, 100.0)) / 100) if fid is not None else None]
+    present = [p for p in parts if p is not None]
+    return mask * sum(w * v for w, v in present), sum(w for w, _ in present)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--input_path", required=True)
+    ap.add_argument("--img_path", required=True)
+    ap.add_argument("--judge", default="runs/judge/ckpt.npz", help="stand-in segmenter; absent: no mask term")
+    ap.add_argument("--aesthetic", type=float, default=None, help="aesthetic score in 0..1, if known")
+    ap.add_argument("--csv", default=None, help="per-image scores (default: <results>.csv beside the folder)")
+    args = ap.parse_args(argv)
+    import dataset
+    from tools.style_metric import style_score
+    results = Path(args.results)
+    try:
+        items = dataset.list_test_items(args.input_path, args.img_path)
+    except dataset.DataError as e:
+        sys.exit(f"error: {e}")
+    missing = [it.stem for it in items if not (results / f"{it.stem}.jpg").is_file()]
+    if missing:
+        sys.exit(f"error: {results}: {len(missing)} output(s) missing, e.g. {missing[0]}.jpg")
+    judge = None
+    if Path(args.judge).is_file():
+        from jmodels.runtime import init_jittor
+        init_jittor()
+        from tools.train_segmenter import load_judge, predict
+        judge, judge_size, judge_meta = load_judge(args.judge)
+    rows, t_style, t_mask = [], 0.0, 0.0
+    for it in items:
+        out, ref = dataset.read_image(results / f"{it.stem}.jpg"), dataset.read_image(it.reference)
+        t = time.perf_counter()
+        row = {"stem": it.stem, "style": style_score(out, ref)}
+        t_style += time.perf_counter() - t
+        if judge is not None:
+            t = time.perf_counter()
+            small = np.asarray(Image.fromarray(out).resize(judge_size, Image.BICUBIC))[None]
+            label = np.asarray(Image.fromarray(dataset.read_label(it.label)).resize(judge_size, Image.NEAREST))
+            row["mask_accuracy"] = float((predict(judge, small)[0] == label).mean())
+            t_mask += time.perf_counter() - t
+        rows.append(row)
+    n = len(rows)
+    style = float(np.mean([r["style"] for r in rows]))
+    print(f"{n} images in {results}")
+    print(f"  style (histogram correlation)  {style:8.4f}   {1000 * t_style / n:6.1f} ms/image")
+    if judge is not None:
+        mask = float(np.mean([r["mask_accuracy"] for r in rows]))
+        print(f"  mask accuracy (stand-in judge) {mask:8.4f}   {1000 * t_mask / n:6.1f} ms/image; the judge's own "
+              f"held-out accuracy {judge_meta['held_out_accuracy']:.4f} (recoloured "
+              f"{judge_meta['held_out_accuracy_recoloured']:.4f})")
+    else:
+        mask = None
+        print(f"  mask accuracy: left out (no judge at {args.judge}; tools/train_segmenter.py makes one)")
+    print("  FID: left out (not computed offline yet)")
+    print(f"  aesthetic: {args.aesthetic:.4f} (given)" if args.aesthetic is not None else "  aesthetic: left out (not given)")
+    if mask is not None:
+        total, weight = contest_total(mask, style, args.aesthetic)
+        print(f"  total over the present terms   {total:8.4f}   (they carry {weight:.1f} of the bracket's 1.0)")
+    path = Path(args.csv) if args.csv else results.parent / f"{results.name}.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"  per image: {path}")
+
+
+if __name__ == "__main__":
+    main()
