@@ -20,7 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tools.bench_vae import median_time  # noqa: E402
+from tools.bench_vae import median_time, run_child  # noqa: E402
 
 FULL = dict(ch=128, ch_mult=(1, 2, 3, 4), num_res_blocks=2, attn_levels=(2, 3), head_dim=64, spade_hidden=128,
             norm_groups=32)
@@ -112,13 +112,6 @@ def bench_torch(case, repeats, files):
             "max_diff": float(np.abs(out - saved["out"]).max())}
 
 
-def run_child(python, backend, i, repeats, files):
-    cmd = [python, __file__, "--child", backend, "--case", str(i), "--repeats", str(repeats), "--files", files]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    return json.loads(line[7:]) if line else {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -126,11 +119,11 @@ def main():
     ap.add_argument("--cases", default="0,1,2,3")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--case", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--files", help=argparse.SUPPRESS)
+    ap.add_argument("--weights", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         fn = bench_jittor if args.child == "jittor" else bench_torch
-        print("RESULT " + json.dumps(fn(CASES[args.case], args.repeats, args.files)))
+        print("RESULT " + json.dumps(fn(CASES[args.case], args.repeats, args.weights)))
         return
     has_torch = subprocess.run([args.torch_python, "-c", "import torch"], capture_output=True).returncode == 0
     if not has_torch:
@@ -140,8 +133,9 @@ def main():
         name, _, _, b = CASES[i]
         with tempfile.TemporaryDirectory() as tmp:
             files = os.path.join(tmp, "w.npz")
-            jr = run_child(sys.executable, "jittor", i, args.repeats, files)
-            tr = run_child(args.torch_python, "torch", i, args.repeats, files) if has_torch and "error" not in jr else {}
+            jr = run_child(sys.executable, "jittor", i, args.repeats, files, __file__)
+            tr = (run_child(args.torch_python, "torch", i, args.repeats, files, __file__)
+                  if has_torch and "error" not in jr else {})
         if "error" in jr:
             print(f"{name:12s} {b:5d}  jittor failed: {jr['error']}")
             continue

@@ -100,10 +100,10 @@ def child(args):
     print("RESULT " + json.dumps(fn(case, args.repeats, args.weights)))
 
 
-def run_child(python, backend, i, repeats, weights):
-    cmd = [python, __file__, "--child", backend, "--case", str(i), "--repeats", str(repeats), "--weights", weights]
-    env = dict(os.environ, FORCE_CPU=os.environ.get("FORCE_CPU", "0"), PYTHONPATH=str(ROOT))
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+def run_child(python, backend, i, repeats, weights, script=__file__):
+    """Run one case of `script` for one backend in a fresh process; its RESULT line as a dict."""
+    cmd = [python, script, "--child", backend, "--case", str(i), "--repeats", str(repeats), "--weights", weights]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
         return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
