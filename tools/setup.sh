@@ -22,8 +22,9 @@ core=$(sha1sum < "$ROOT/requirements.txt" | cut -c1-16)
 stamp="$VENV/.installed-$want"
 if [ ! -f "$stamp" ]; then
     say "installing ${REQS[*]#"$ROOT/"}"
-    "$PY" -m pip install --disable-pip-version-check -q -r "$ROOT/requirements.txt" \
-        $( [ ${#REQS[@]} -gt 1 ] && echo "-r ${REQS[1]}" )
+    args=()
+    for r in "${REQS[@]}"; do args+=(-r "$r"); done
+    "$PY" -m pip install --disable-pip-version-check -q "${args[@]}"
     touch "$stamp"
 fi
 
