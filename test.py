@@ -10,15 +10,15 @@ seeded by its file name, so outputs do not depend on batch size or order. Each J
 a temporary name and renamed; --resume 1 keeps the valid outputs of an interrupted run.
 """
 import hashlib
-import os
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from jmodels.atomic import atomic_file
 
 # ---- defaults: every knob is a flag of the same name ------------------------------------------------
 DEFAULTS = dict(
@@ -90,15 +90,8 @@ def valid_jpeg(path):
 
 
 def write_jpeg(image, path):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image).save(f, format="JPEG", quality=95, subsampling=0)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        Image.fromarray(image).save(f, format="JPEG", quality=95, subsampling=0)
 
 
 def load_inputs(items, img_path):
@@ -150,11 +143,9 @@ def postprocess(image, label, ref, ref_label, cfg):
 def write_zip(folder, stems):
     """<folder>.zip beside the folder, holding exactly the outputs of this test set."""
     path = folder.parent / f"{folder.name}.zip"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+    with atomic_file(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
         for stem in sorted(stems):
             z.write(folder / f"{stem}.jpg", f"{stem}.jpg")
-    os.replace(tmp, path)
     return path
 
 

@@ -7,12 +7,12 @@ so an interrupted save never leaves a half-written checkpoint. Loading weights i
 or unexpected keys and shape mismatches raise with the full list (Jittor's own only warns).
 """
 import json
-import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_file
 
 
 class SavedConfig:
@@ -38,18 +38,8 @@ def save(path, meta, **groups):
     for group, tensors in groups.items():
         for key, value in tensors.items():
             arrays[f"{group}/{key}"] = np.asarray(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

@@ -1,9 +1,10 @@
 """Image helpers for training and evaluation: [-1, 1] arrays to uint8, PSNR, PNG grids written atomically."""
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from .atomic import atomic_file
 
 
 def to_uint8(x):
@@ -28,12 +29,9 @@ def save_grid(rows, path, pad=2):
         for j, img in enumerate(row):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             grid[y:y + h, x:x + w] = img
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_file(path) as f:
+        Image.fromarray(grid).save(f, format="PNG")
+    return Path(path)
 
 
 def palette(num_classes=29, seed=3):
