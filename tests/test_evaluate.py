@@ -32,7 +32,7 @@ def test_references_pasted_as_outputs_score_style_one(demo, tmp_path, capsys):
           "--judge", str(tmp_path / "none.npz")])
     out = capsys.readouterr().out
     assert "style (histogram correlation)    1.0000" in out
-    assert "mask accuracy: left out" in out and "FID: left out" in out
+    assert "mask accuracy: left out" in out and "FID: left out (pass --fid_weights" in out
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert rows[0] == "stem,style" and len(rows) == 4
 

@@ -2,13 +2,15 @@
 
     python tools/evaluate.py --results <folder of jpgs> --input_path <test dir> --img_path <train dir>
                              [--judge runs/judge/ckpt.npz] [--aesthetic 0.62] [--csv scores.csv]
+                             [--fid_weights pt_inception-2015-12-05-6726825d.pth] [--fid_real <folder>]
 
 score = mask_accuracy * (0.2 * aesthetic + 0.3 * (0.5 * style + 0.5) + 0.5 * (100 - FID) / 100)
 (../shared/CONTEST.md). Terms: style (tools/style_metric.py); mask accuracy from the stand-in
 judge (tools/train_segmenter.py), whose own held-out accuracy is printed beside it as its ceiling;
-aesthetic only when given (the organisers' predictor is unpublished). FID is not computed yet
-(no Inception network here): it is left out and said so, never faked. The total is taken over the
-terms present, with the weight they cover.
+aesthetic only when given (the organisers' predictor is unpublished); FID (tools/fid.py, capped at
+100) against real images when the public FID Inception weights are given (`--fid_weights`), else
+left out and said so, never faked. The total is taken over the terms present, with the weight
+they cover.
 """
 import argparse
 import csv
@@ -31,6 +33,24 @@ def contest_total(mask, style=None, aesthetic=None, fid=None):
     return mask * sum(w * v for w, v in present), sum(w for w, _ in present)
 
 
+def frechet_to_real(args, results, items):
+    """FID between the outputs and real images (at most --fid_max_real), and the seconds per output."""
+    import dataset
+    from jmodels.runtime import init_jittor
+    init_jittor()
+    from tools.fid import features, frechet_distance, load_fid_inception, statistics
+    model = load_fid_inception(args.fid_weights)
+    real_dir = Path(args.fid_real) if args.fid_real else Path(args.img_path) / "imgs"
+    real = sorted(p for p in real_dir.iterdir() if p.suffix.lower() in dataset.IMAGE_EXTS)[:args.fid_max_real]
+    if len(real) < 2:
+        sys.exit(f"error: {real_dir}: FID needs real images, found {len(real)}")
+    t = time.perf_counter()
+    fake = features(model, [dataset.read_image(results / f"{it.stem}.jpg") for it in items])
+    t_fid = time.perf_counter() - t
+    ref = features(model, [dataset.read_image(p) for p in real])
+    return frechet_distance(*statistics(fake), *statistics(ref)), t_fid
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", required=True)
@@ -39,6 +59,9 @@ def main(argv=None):
     ap.add_argument("--judge", default="runs/judge/ckpt.npz", help="stand-in segmenter; absent: no mask term")
     ap.add_argument("--aesthetic", type=float, default=None, help="aesthetic score in 0..1, if known")
     ap.add_argument("--csv", default=None, help="per-image scores (default: <results>.csv beside the folder)")
+    ap.add_argument("--fid_weights", default=None, help="pytorch-fid's Inception weights file; absent: no FID")
+    ap.add_argument("--fid_real", default=None, help="real images for FID (default: <img_path>/imgs)")
+    ap.add_argument("--fid_max_real", type=int, default=2000, help="at most this many real images")
     args = ap.parse_args(argv)
     import dataset
     from tools.style_metric import style_score
@@ -81,10 +104,15 @@ def main(argv=None):
     else:
         mask = None
         print(f"  mask accuracy: left out (no judge at {args.judge}; tools/train_segmenter.py makes one)")
-    print("  FID: left out (not computed offline yet)")
+    fid = None
+    if args.fid_weights:
+        fid, t_fid = frechet_to_real(args, results, items)
+        print(f"  FID (capped at 100)            {min(fid, 100.0):8.4f}   {1000 * t_fid / n:6.1f} ms/image (raw {fid:.2f})")
+    else:
+        print("  FID: left out (pass --fid_weights, the public FID Inception weights file)")
     print(f"  aesthetic: {args.aesthetic:.4f} (given)" if args.aesthetic is not None else "  aesthetic: left out (not given)")
     if mask is not None:
-        total, weight = contest_total(mask, style, args.aesthetic)
+        total, weight = contest_total(mask, style, args.aesthetic, fid)
         print(f"  total over the present terms   {total:8.4f}   (they carry {weight:.1f} of the bracket's 1.0)")
     path = Path(args.csv) if args.csv else results.parent / f"{results.name}.csv"
     with path.open("w", newline="") as f:
