@@ -14,17 +14,21 @@ from .samplers import SAMPLERS, cfg_denoiser, noised_start
 NULLS = {"mask": jt.zeros_like, "style": jt.zeros_like}
 
 
+VAE_CHUNK = 2  # images per VAE call: full-size activations are large (the UNet batch is not limited)
+
+
 def encode_mean(vae, images, scale):
     """(B, 3, H, W) in [-1, 1] -> scaled posterior means (B, 4, H/8, W/8), without gradients."""
     with jt.no_grad():
-        mean, _ = vae.encode(jt.array(images))
-        return (mean * scale).numpy()
+        return np.concatenate([(vae.encode(jt.array(images[i:i + VAE_CHUNK]))[0] * scale).numpy()
+                               for i in range(0, len(images), VAE_CHUNK)])
 
 
 def decode(vae, z, scale):
     """Scaled latents -> (B, 3, H, W) images in [-1, 1] (clipped), as numpy."""
     with jt.no_grad():
-        return vae.decode(jt.array(z) / scale).clamp(-1, 1).numpy()
+        return np.concatenate([vae.decode(jt.array(z[i:i + VAE_CHUNK]) / scale).clamp(-1, 1).numpy()
+                               for i in range(0, len(z), VAE_CHUNK)])
 
 
 def conditions(labels, ref_images_uint8, ref_latents):
