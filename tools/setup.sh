@@ -17,16 +17,16 @@ if [ ! -x "$PY" ]; then
     say "creating $VENV"
     "${PYTHON:-python3}" -m venv "$VENV"
 fi
-want=$(cat "${REQS[@]}" | sha1sum | cut -c1-16)
+# One stamp per requirements file, named after its hash: a changed file reinstalls, nothing else does.
+for req in "${REQS[@]}"; do
+    stamp="$VENV/.installed-$(sha1sum < "$req" | cut -c1-16)"
+    if [ ! -f "$stamp" ]; then
+        say "installing ${req#"$ROOT/"}"
+        "$PY" -m pip install --disable-pip-version-check -q -r "$req"
+        touch "$stamp"
+    fi
+done
 core=$(sha1sum < "$ROOT/requirements.txt" | cut -c1-16)
-stamp="$VENV/.installed-$want"
-if [ ! -f "$stamp" ]; then
-    say "installing ${REQS[*]#"$ROOT/"}"
-    args=()
-    for r in "${REQS[@]}"; do args+=(-r "$r"); done
-    "$PY" -m pip install --disable-pip-version-check -q "${args[@]}"
-    touch "$stamp"
-fi
 
 # 2. oneDNN where Jittor looks for it, so that it neither downloads it nor falls back to slow kernels.
 #    Copied (not linked) so that the cache does not depend on this clone's venv staying in place.
