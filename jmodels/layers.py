@@ -111,6 +111,10 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def execute(self, x):
-        b, c, h, w = x.shape
-        x = x.reindex([b, c, h * 2, w * 2], ["i0", "i1", "i2/2", "i3/2"])
-        return self.conv(x)
+        return self.conv(upsample_nearest(x))
+
+
+def upsample_nearest(x):
+    """(B, C, H, W) -> (B, C, 2H, 2W), each pixel repeated 2x2."""
+    b, c, h, w = x.shape
+    return x.reindex([b, c, h * 2, w * 2], ["i0", "i1", "i2/2", "i3/2"])

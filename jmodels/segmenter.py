@@ -11,7 +11,7 @@ import jittor as jt
 from jittor import nn
 
 from .checkpoint import SavedConfig
-from .layers import GroupNorm
+from .layers import GroupNorm, upsample_nearest
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,5 @@ class Segmenter(nn.Module):
             skips.append(x)
         x = skips.pop()
         for block in self.up:
-            b, c, h, w = x.shape
-            x = x.reindex([b, c, h * 2, w * 2], ["i0", "i1", "i2/2", "i3/2"])  # nearest 2x
-            x = block(jt.concat([x, skips.pop()], dim=1))
+            x = block(jt.concat([upsample_nearest(x), skips.pop()], dim=1))
         return self.head(x)
