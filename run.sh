@@ -3,6 +3,7 @@
 #   bash run.sh                                    built-in demo data, sized for a CPU
 #   DATA=<train dir> TEST=<test dir> bash run.sh   the contest's data
 #   FORCE="ldm test" bash run.sh                   redo the named stages
+#   GPUS=4 bash run.sh                             train on 4 GPUs (MPI data parallelism; NP=N: CPU processes)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
@@ -17,10 +18,13 @@ LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: REA
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
 FORCE=${FORCE:-}              # stages to redo: data check vae ldm test
+GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
+NP=${NP:-${GPUS:-1}}          # training processes on any device (CPU: NP=2); > 1 launches through mpirun
 # -------------------------------------------------------------------------------------------
 
-bash tools/setup.sh
+if [ "$NP" -gt 1 ]; then bash tools/setup.sh --mpi; else bash tools/setup.sh; fi
 PY=.venv/bin/python
+TRAIN="env NP=$NP bash tools/launch.sh $PY"  # the training stages, as NP processes
 mkdir -p "$RUN"
 
 forced() { [[ " $FORCE " == *" $1 "* ]]; }
@@ -44,11 +48,11 @@ fi
 # Training stages resume from their checkpoint and return at once when finished.
 banner "vae: stage 1, the autoencoder -> $RUN/vae/ckpt.npz"
 forced vae && rm -rf "$RUN/vae"
-$PY train_vae.py --data "$DATA" --out "$RUN/vae" $VAE_FLAGS
+$TRAIN train_vae.py --data "$DATA" --out "$RUN/vae" $VAE_FLAGS
 
 banner "ldm: stage 2, the conditional UNet -> $RUN/ldm/ckpt.npz"
 forced ldm && rm -rf "$RUN/ldm"
-$PY train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $LDM_FLAGS
+$TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $LDM_FLAGS
 
 if [ -z "$TEST" ]; then
     echo "test: skipped (no TEST folder given)"

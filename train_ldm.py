@@ -70,6 +70,7 @@ class Run:
 
     def __init__(self, cfg, unet_config, diffusion_config, vae, scale):
         import jittor as jt
+        from jmodels import parallel
         from jmodels.diffusion import GaussianDiffusion
         from jmodels.ema import EMA
         from jmodels.optim import AdamW, LossScale
@@ -78,6 +79,7 @@ class Run:
         self.diffusion = GaussianDiffusion(diffusion_config)
         self.vae, self.scale, self.latent_cache = vae, scale, None
         self.model = UNet(unet_config)
+        parallel.start_equal(self.model)
         self.ema = EMA(self.model, UNet(unet_config), cfg["ema_decay"])
         fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
         self.opt = AdamW(self.model.named_parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
@@ -109,18 +111,24 @@ class Run:
         return meta
 
 
-def build_latent_cache(vae, train_set, path, batch_size, source):
+def latent_cache(vae, train_set, path, batch_size, source):
     """Posterior mean and log-variance of every training image, unflipped and flipped, as one
-    pickle-free file: (N, 2, 4, h, w) float16 each. Rebuilt when the VAE checkpoint changes."""
+    pickle-free file that every rank reads: (N, 2, 4, h, w) float16 each. Rank 0 builds it when it
+    is missing or was made from another VAE checkpoint, size or image list."""
+    from jmodels import checkpoint, parallel
+    stems = [p.stem for p in train_set.pairs]
+    parallel.on_main(build_latent_cache)(vae, train_set, path, batch_size, source, stems)
+    return checkpoint.load(path)[1]["cache"]
+
+
+def build_latent_cache(vae, train_set, path, batch_size, source, stems):
     import jittor as jt
     from jmodels import checkpoint
-    from tqdm import tqdm
-    stems = [p.stem for p in train_set.pairs]
     if path.exists():
-        meta, groups = checkpoint.load(path)
+        meta, _ = checkpoint.load(path)
         if meta.get("source") == source and meta.get("stems") == stems:
-            return groups["cache"]
-    means, logvars = [], []
+            return
+    t0, means, logvars = time.time(), [], []
     with jt.no_grad():
         for i in tqdm(range(0, len(stems), batch_size), desc="latent cache", dynamic_ncols=True):
             idx = range(i, min(i + batch_size, len(stems)))
@@ -130,14 +138,23 @@ def build_latent_cache(vae, train_set, path, batch_size, source):
             logvars.append(logvar.numpy().reshape(len(idx), 2, *mean.shape[1:]))
     cache = {"mean": np.concatenate(means).astype(np.float16), "logvar": np.concatenate(logvars).astype(np.float16)}
     checkpoint.save(path, {"kind": "latent_cache", "source": source, "stems": stems}, cache=cache)
-    return cache
+    print(f"latent cache: {len(stems)} images x 2 flips in {time.time() - t0:.1f} s -> {path}")
 
 
 def make_inputs(run, batch, rng):
-    """Latents, conditions (with dropout) and timesteps for one micro-batch; numpy rng for all choices."""
+    """Latents, conditions (with dropout) and timesteps for this rank's part of one micro-batch.
+    Every choice is drawn for the global batch (numpy rng and Jittor's generator, seeded alike on
+    all ranks) and then sliced, so N processes draw what one process draws."""
     import jittor as jt
+    from jmodels import parallel
     from jmodels.conditioning import one_hot, reference_crop, style_features
     from jmodels.imageio import to_uint8
+    b = len(batch["image"])
+    n, mine = b * jt.world_size, parallel.local(b)
+    crops = [reference_crop(rng, batch["image"].shape[2:]) for _ in range(n)][mine]
+    keep_mask = (rng.random(n) >= run.cfg["p_drop_mask"]).astype(np.float32)[mine]
+    keep_style = (rng.random(n) >= run.cfg["p_drop_style"]).astype(np.float32)[mine]
+    t = rng.integers(0, run.diffusion.num_timesteps, n)[mine]
     with jt.no_grad():
         if run.latent_cache is not None:
             pick = (batch["index"], batch["flip"].astype(np.int64))
@@ -145,32 +162,27 @@ def make_inputs(run, batch, rng):
             logvar = jt.array(run.latent_cache["logvar"][pick].astype(np.float32))
         else:
             mean, logvar = run.vae.encode(jt.array(batch["image"]))
-        z = ((mean + (0.5 * logvar).exp() * jt.randn(mean.shape)) * run.scale).numpy()  # (B, 4, h, w)
-    images = to_uint8(batch["image"])
-    styles = []
-    for img, lat in zip(images, z):  # the reference: a random crop of the same photo (pooled stats only)
-        y0, x0, y1, x1 = reference_crop(rng, img.shape[:2])
+        z = ((mean + (0.5 * logvar).exp() * parallel.randn(mean.shape)) * run.scale).numpy()  # (B, 4, h, w)
+    styles = []  # the reference: a random crop of the same photo (pooled statistics only)
+    for img, lat, (y0, x0, y1, x1) in zip(to_uint8(batch["image"]), z, crops):
         styles.append(style_features(img[y0:y1, x0:x1], lat[:, y0 // 8:y1 // 8, x0 // 8:x1 // 8]))
-    b = len(z)
-    keep_mask = (rng.random(b) >= run.cfg["p_drop_mask"]).astype(np.float32)
-    keep_style = (rng.random(b) >= run.cfg["p_drop_style"]).astype(np.float32)
     mask = one_hot(batch["label"]) * keep_mask[:, None, None, None]
     style = np.stack(styles) * keep_style[:, None]
-    t = rng.integers(0, run.diffusion.num_timesteps, b)
     return z, mask, style, t
 
 
 def train_step(run, micro_batches):
     """One optimizer update over `accum` micro-batches; returns the mean loss."""
     import jittor as jt
+    from jmodels import parallel
     cfg, accum = run.cfg, len(micro_batches)
-    jt.set_global_seed(cfg["seed"] + run.step)  # noise depends on the step only: exact resume
+    parallel.seed_step(cfg["seed"] + run.step)  # noise depends on the step only: exact resume, any N
     rng = np.random.default_rng([cfg["seed"], run.step])
     total = 0.0
     for batch in micro_batches:
         z, mask, style, t = make_inputs(run, batch, rng)
         z = jt.array(z)
-        eps = jt.randn(z.shape)
+        eps = parallel.randn(z.shape)
         x_t = run.diffusion.q_sample(z, t, eps)
         out = run.model(x_t, jt.array(t), jt.array(mask), jt.array(style))
         mse = (out - run.diffusion.target(z, eps, t)).sqr().mean(dims=[1, 2, 3])
@@ -180,7 +192,7 @@ def train_step(run, micro_batches):
     run.opt.step()
     run.ema.update()
     run.step += 1
-    return total
+    return parallel.average({"loss": total})["loss"]  # the global batch's loss
 
 
 def sample_grid(run, val, path):
@@ -206,6 +218,7 @@ def main(argv=None):
     from jmodels.runtime import init_jittor
     jt = init_jittor(seed=cfg["seed"], precision=cfg["precision"])
     import dataset
+    from jmodels import parallel
 
     out = Path(cfg["out"])
     unet_config, diffusion_config = configs(cfg)
@@ -221,21 +234,22 @@ def main(argv=None):
     if cfg["cache_latents"]:
         plain = dataset.PairDataset(cfg["data"], cfg["size"], augment=False, stems=train_stems)
         source = f"{Path(cfg['vae']).resolve()}@{Path(cfg['vae']).stat().st_mtime_ns}:{cfg['size']}"
-        run.latent_cache = build_latent_cache(vae, plain, out / "latents.npz", cfg["batch_size"], source)
+        run.latent_cache = latent_cache(vae, plain, out / "latents.npz", cfg["batch_size"], source)
     ckpt = out / "ckpt.npz"
     if ckpt.exists():
         run.load(ckpt)
-        print(f"resuming {ckpt} at step {run.step}")
+        parallel.print0(f"resuming {ckpt} at step {run.step}")
         if run.step >= cfg["max_steps"]:
-            print(f"already trained: step {run.step}")
+            parallel.print0(f"already trained: step {run.step}")
             return run.meta()
     n_params = sum(int(np.prod(p.shape)) for p in run.model.parameters())
-    print(f"UNet: {n_params / 1e6:.2f} M parameters; latents {cfg['size'][0] // 8}x{cfg['size'][1] // 8}, "
-          f"scale {scale:.4f}")
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "log.jsonl").open("a")
+    parallel.print0(f"UNet: {n_params / 1e6:.2f} M parameters; latents {cfg['size'][0] // 8}x{cfg['size'][1] // 8}, "
+                    f"scale {scale:.4f}; {jt.world_size} process(es), global batch {cfg['batch_size']}")
+    save, grid = parallel.on_main(run.save), parallel.on_main(sample_grid)
+    log = parallel.open_log(out / "log.jsonl")
     batches = loader.forever(start_step=run.step * cfg["accum"])
-    bar = tqdm(total=cfg["max_steps"], initial=run.step, desc="ldm", dynamic_ncols=True)
+    bar = tqdm(total=cfg["max_steps"], initial=run.step, desc="ldm", dynamic_ncols=True,
+               disable=not parallel.is_main())
     t0, recent = time.time(), []
     while run.step < cfg["max_steps"]:
         recent.append(train_step(run, [next(batches) for _ in range(cfg["accum"])]))
@@ -248,11 +262,11 @@ def main(argv=None):
             log.flush()
             t0, recent = time.time(), []
         if run.step % cfg["sample_every"] == 0 or run.step == cfg["max_steps"]:
-            sample_grid(run, val, out / "samples" / f"step_{run.step:07d}.png")
+            grid(run, val, out / "samples" / f"step_{run.step:07d}.png")
         if run.step % cfg["ckpt_every"] == 0 or run.step == cfg["max_steps"]:
-            run.save(ckpt)
+            save(ckpt)
     bar.close()
-    print(f"done: step {run.step} -> {ckpt}")
+    parallel.print0(f"done: step {run.step} -> {ckpt}")
     return run.meta()
 
 

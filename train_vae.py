@@ -48,14 +48,16 @@ class Run:
 
     def __init__(self, cfg, config):
         import jittor as jt
+        from jmodels import parallel
         from jmodels.discriminator import NLayerDiscriminator
         from jmodels.ema import EMA
         from jmodels.optim import AdamW, LossScale
         from jmodels.vae import AutoencoderKL
         self.cfg, self.config, self.step = cfg, config, 0
         self.model = AutoencoderKL(config)
-        self.ema = EMA(self.model, AutoencoderKL(config), cfg["ema_decay"])
         self.disc = NLayerDiscriminator(3, cfg["disc_ndf"], cfg["disc_layers"])
+        parallel.start_equal(self.model, self.disc)
+        self.ema = EMA(self.model, AutoencoderKL(config), cfg["ema_decay"])
         fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
         kw = dict(lr=cfg["lr"], betas=(0.5, 0.9), weight_decay=cfg["weight_decay"], grad_clip=cfg["grad_clip"])
         self.opt = AdamW(self.model.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw)
@@ -91,17 +93,19 @@ class Run:
 
 
 def train_step(run, micro_batches):
-    """One optimizer update over `accum` micro-batches; returns the losses as floats."""
+    """One optimizer update over `accum` micro-batches; returns the losses (global-batch means) as floats."""
     import jittor as jt
+    from jmodels import parallel
     from jmodels.discriminator import adaptive_weight, hinge_d_loss
     from jmodels.vae import kl_divergence
-    cfg, accum = run.cfg, len(micro_batches)
-    jt.set_global_seed(cfg["seed"] + run.step)  # posterior noise depends on the step only: exact resume
+    cfg, accum, f = run.cfg, len(micro_batches), run.config.factor
+    parallel.seed_step(cfg["seed"] + run.step)  # noise depends on the step only: exact resume, any N
     gan_on = run.step >= cfg["disc_start"]
     stats = {"nll": 0.0, "kl": 0.0, "g": 0.0, "d": 0.0, "d_weight": 0.0}
     for batch in micro_batches:
-        x = jt.array(batch["image"])  # (B, 3, H, W) in [-1, 1]
-        recon, mean, logvar = run.model(x)
+        x = jt.array(batch["image"])  # (B, 3, H, W) in [-1, 1], this rank's slice
+        noise = parallel.randn((x.shape[0], run.config.latent_channels, x.shape[2] // f, x.shape[3] // f))
+        recon, mean, logvar = run.model(x, noise)
         nll = (x - recon).abs().sum() / x.shape[0]  # per-image L1 sum
         kl = kl_divergence(mean, logvar)
         loss = nll + cfg["kl_weight"] * kl
@@ -122,7 +126,7 @@ def train_step(run, micro_batches):
         run.opt_d.step()
     run.ema.update()
     run.step += 1
-    return stats
+    return parallel.average(stats)
 
 
 def reconstruct(model, images, batch_size):
@@ -131,7 +135,7 @@ def reconstruct(model, images, batch_size):
     out = []
     with jt.no_grad():
         for i in range(0, len(images), batch_size):
-            out.append(model(jt.array(images[i:i + batch_size]), sample=False)[0].numpy())
+            out.append(model(jt.array(images[i:i + batch_size]))[0].numpy())
     return np.concatenate(out)
 
 
@@ -163,7 +167,7 @@ def main(argv=None):
     from jmodels.runtime import init_jittor
     jt = init_jittor(seed=cfg["seed"], precision=cfg["precision"])
     import dataset
-    from jmodels import checkpoint
+    from jmodels import checkpoint, parallel
     from jmodels.imageio import psnr, save_grid, to_uint8
 
     out = Path(cfg["out"])
@@ -181,54 +185,58 @@ def main(argv=None):
     ckpt = out / "ckpt.npz"
     if ckpt.exists():
         meta = run.load(ckpt)
-        print(f"resuming {ckpt} at step {run.step}")
+        parallel.print0(f"resuming {ckpt} at step {run.step}")
         if run.step >= cfg["max_steps"] and meta.get("latent_scale"):
-            print(f"already trained: step {run.step}, latent scale {meta['latent_scale']:.4f}, "
-                  f"val PSNR {meta.get('val_psnr', float('nan')):.2f} dB")
+            parallel.print0(f"already trained: step {run.step}, latent scale {meta['latent_scale']:.4f}, "
+                            f"val PSNR {meta.get('val_psnr', float('nan')):.2f} dB")
             return meta
     elif cfg["init_from"]:
         checkpoint.load_into(run.model, init_weights, f"{cfg['init_from']} [init]")
         run.ema.copy_from(run.model)
-        print(f"initialised from {cfg['init_from']}")
+        parallel.print0(f"initialised from {cfg['init_from']}")
 
-    def validate():
+    @parallel.on_main
+    def evaluate(grid=None):
+        """Held-out PSNR of the EMA weights; with a path, also the grid input | EMA | raw weights."""
         rec = reconstruct(run.ema.twin, val_images, cfg["batch_size"])
-        return float(psnr(val_images, rec).mean()), rec
+        if grid is not None:
+            raw = reconstruct(run.model, val_images[:4], cfg["batch_size"])
+            save_grid([[to_uint8(a), to_uint8(b), to_uint8(c)] for a, b, c in zip(val_images[:4], rec, raw)], grid)
+        return float(psnr(val_images, rec).mean())
 
-    val_psnr, _ = validate()
-    out.mkdir(parents=True, exist_ok=True)
-    log = (out / "log.jsonl").open("a")
-    if run.step == 0:
+    save = parallel.on_main(run.save)
+    val_psnr = evaluate()
+    log = parallel.open_log(out / "log.jsonl")
+    if run.step == 0 and parallel.is_main():
         print(f"untrained val PSNR {val_psnr:.2f} dB on {len(val_images)} held-out images")
         log.write(json.dumps({"step": 0, "val_psnr": val_psnr}) + "\n")
     batches = loader.forever(start_step=run.step * cfg["accum"])
-    bar = tqdm(total=cfg["max_steps"], initial=run.step, desc="vae", dynamic_ncols=True)
+    bar = tqdm(total=cfg["max_steps"], initial=run.step, desc="vae", dynamic_ncols=True,
+               disable=not parallel.is_main())
     t0 = time.time()
     while run.step < cfg["max_steps"]:
         stats = train_step(run, [next(batches) for _ in range(cfg["accum"])])
         bar.update(1)
         if run.step % cfg["log_every"] == 0:
             bar.set_postfix(nll=f"{stats['nll']:.0f}", kl=f"{stats['kl']:.0f}", d=f"{stats['d']:.3f}",
-                            psnr=f"{val_psnr:.2f}")
+                            psnr=f"{val_psnr or 0.0:.2f}")
             log.write(json.dumps({"step": run.step, "s_per_step": (time.time() - t0) / cfg["log_every"],
                                   **stats}) + "\n")
             log.flush()
             t0 = time.time()
         if run.step % cfg["sample_every"] == 0 or run.step == cfg["max_steps"]:
-            val_psnr, rec = validate()
-            raw = reconstruct(run.model, val_images[:4], cfg["batch_size"])
-            save_grid([[to_uint8(a), to_uint8(b), to_uint8(c)] for a, b, c in zip(val_images[:4], rec, raw)],
-                      out / "samples" / f"step_{run.step:07d}.png")
+            val_psnr = evaluate(out / "samples" / f"step_{run.step:07d}.png")
             log.write(json.dumps({"step": run.step, "val_psnr": val_psnr}) + "\n")
         if run.step % cfg["ckpt_every"] == 0 and run.step < cfg["max_steps"]:
-            run.save(ckpt, val_psnr=val_psnr)
+            save(ckpt, val_psnr=val_psnr)
     bar.close()
-    scale = latent_scale(run.ema.twin, dataset.PairDataset(cfg["data"], cfg["size"], False, train_stems),
-                         cfg["scale_images"], cfg["batch_size"])
-    run.save(ckpt, val_psnr=val_psnr, latent_scale=scale)
-    print(f"done: step {run.step}, val PSNR {val_psnr:.2f} dB, latent scale {scale:.4f} -> {ckpt}")
+    scale = parallel.on_main(latent_scale)(run.ema.twin, dataset.PairDataset(cfg["data"], cfg["size"], False,
+                                                                             train_stems),
+                                           cfg["scale_images"], cfg["batch_size"])
+    save(ckpt, val_psnr=val_psnr, latent_scale=scale)
+    if parallel.is_main():
+        print(f"done: step {run.step}, val PSNR {val_psnr:.2f} dB, latent scale {scale:.4f} -> {ckpt}")
     return run.meta(val_psnr=val_psnr, latent_scale=scale)
-
 
 if __name__ == "__main__":
     main()

@@ -37,8 +37,10 @@ def hinge_d_loss(logits_real, logits_fake):
 
 
 def adaptive_weight(nll, g_loss, last_layer, max_weight=1e4):
-    """||grad nll|| / ||grad g_loss|| at the decoder's last layer, so neither loss drowns the other."""
-    g_nll = jt.grad(nll, last_layer, retain_graph=True)
-    g_gan = jt.grad(g_loss, last_layer, retain_graph=True)
+    """||grad nll|| / ||grad g_loss|| at the decoder's last layer, so neither loss drowns the other.
+    Under MPI the gradients are those of the global batch (averaged over ranks), as in one process."""
+    from .parallel import mean_over_ranks
+    g_nll = mean_over_ranks(jt.grad(nll, last_layer, retain_graph=True))
+    g_gan = mean_over_ranks(jt.grad(g_loss, last_layer, retain_graph=True))
     w = g_nll.sqr().sum().sqrt() / (g_gan.sqr().sum().sqrt() + 1e-4)
     return w.clamp(0.0, max_weight).stop_grad()

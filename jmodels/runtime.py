@@ -27,11 +27,19 @@ def use_gpu():
 def configure_env(gpu):
     """Environment for Jittor's import. Without a GPU, an nvcc on the PATH must be hidden or the
     import crashes looking for libcudart; with one, the helper libraries Jittor would download
-    (cutt, cutlass, NCCL) are off unless the user asked for them."""
+    (cutt, cutlass, NCCL) are off unless the user asked for them, except NCCL for MPI ranks on
+    GPUs: there it all-reduces the gradients on the devices and gives each rank its own GPU. With
+    NCCL turned off (use_nccl=0), each rank is given the GPU of its local rank here instead, and
+    Jittor all-reduces through host memory."""
     if not gpu:
         os.environ["nvcc_path"] = ""
-    for flag in ("use_cutt", "use_cutlass", "use_nccl"):
+    for flag in ("use_cutt", "use_cutlass"):
         os.environ.setdefault(flag, "0")
+    local_rank = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK")
+    if not (gpu and local_rank is not None):
+        os.environ.setdefault("use_nccl", "0")
+    elif os.environ.get("use_nccl") == "0":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", local_rank)
     # Jittor names its kernel cache after the git branch of the folder it is installed in (our
     # .venv is inside the project's clone): pin the name so a branch switch does not recompile.
     os.environ.setdefault("cache_name", "default")

@@ -124,10 +124,12 @@ class AutoencoderKL(nn.Module):
         """(B, 4, h, w) latents -> (B, 3, h*8, w*8) images, nominally in [-1, 1]."""
         return self.decoder(self.post_quant_conv(z))
 
-    def execute(self, x, sample=True):
-        """Reconstruction, posterior mean and log-variance; samples the posterior when `sample`."""
+    def execute(self, x, noise=None):
+        """Reconstruction, posterior mean and log-variance. The latent is the posterior sample
+        mean + std * noise when `noise` (B, 4, H/8, W/8) is given, else the mean. The caller draws
+        the noise, so that training decides how it is seeded (jmodels/parallel.py)."""
         mean, logvar = self.encode(x)
-        z = mean + jt.exp(0.5 * logvar) * jt.randn(mean.shape) if sample else mean
+        z = mean + jt.exp(0.5 * logvar) * noise if noise is not None else mean
         return self.decode(z), mean, logvar
 
     def last_layer(self):

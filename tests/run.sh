@@ -3,6 +3,6 @@
 #   bash tests/run.sh [pytest args]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-bash "$ROOT/tools/setup.sh" --dev
+bash "$ROOT/tools/setup.sh" --dev --mpi  # MPI: the data-parallel test runs 2 processes
 cd "$ROOT"
 FORCE_CPU=1 exec .venv/bin/python -m pytest -q tests "$@"

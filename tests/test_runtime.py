@@ -41,6 +41,21 @@ def test_no_gpu_hides_nvcc_and_turns_off_downloads(monkeypatch):
     assert "nvcc_path" not in os.environ
 
 
+def test_mpi_ranks_on_gpus_keep_nccl_or_get_one_gpu_each(monkeypatch):
+    for k in ("use_nccl", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3")
+    runtime.configure_env(gpu=True)  # NCCL left to Jittor: it picks the device of the local rank
+    assert "use_nccl" not in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ
+    monkeypatch.setenv("use_nccl", "0")
+    runtime.configure_env(gpu=True)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    monkeypatch.delenv("use_nccl")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    runtime.configure_env(gpu=False)  # CPU ranks: nothing to download, no device to pick
+    assert os.environ["use_nccl"] == "0" and "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
 def test_importing_the_package_and_dataset_leaves_jittor_alone():
     code = "import sys, dataset, jmodels, jmodels.runtime; print('jittor' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

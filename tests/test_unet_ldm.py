@@ -177,17 +177,17 @@ def test_latent_cache_holds_both_flips_and_is_reused(tmp_path):
     demo = make_demo(tmp_path / "demo", n_train=3, n_test=1, seed=3)
     run = tiny_run()
     plain = dataset.PairDataset(demo / "train", (48, 32), augment=False)
-    cache = train_ldm.build_latent_cache(run.vae, plain, tmp_path / "latents.npz", 2, "vae@1")
+    cache = train_ldm.latent_cache(run.vae, plain, tmp_path / "latents.npz", 2, "vae@1")
     assert cache["mean"].shape == (3, 2, 4, 4, 6) and cache["mean"].dtype == np.float16
     item = plain.load(1, flip=True)
     with jt.no_grad():
         mean = run.vae.encode(jt.array(item["image"][None]))[0].numpy()[0]
     np.testing.assert_allclose(cache["mean"][1, 1], mean, atol=2e-3)  # float16 storage
     stamp = (tmp_path / "latents.npz").stat().st_mtime_ns
-    again = train_ldm.build_latent_cache(run.vae, plain, tmp_path / "latents.npz", 2, "vae@1")
+    again = train_ldm.latent_cache(run.vae, plain, tmp_path / "latents.npz", 2, "vae@1")
     assert (tmp_path / "latents.npz").stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again["logvar"], cache["logvar"])
-    train_ldm.build_latent_cache(run.vae, plain, tmp_path / "latents.npz", 2, "vae@2")  # another VAE: rebuilt
+    train_ldm.latent_cache(run.vae, plain, tmp_path / "latents.npz", 2, "vae@2")  # another VAE: rebuilt
     assert (tmp_path / "latents.npz").stat().st_mtime_ns != stamp
     run.latent_cache = cache
     b = dataset.collate([dataset.PairDataset(demo / "train", (48, 32), max_zoom=1.0).load(i, np.random.default_rng(i))

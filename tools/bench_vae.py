@@ -54,7 +54,7 @@ def bench_jittor(case, repeats, weights_out):
 
     def forward():
         with jt.no_grad():
-            model(x, sample=False)[0].sync()
+            model(x)[0].sync()
 
     def train():
         rec, mean, logvar = model(x)

@@ -1,16 +1,37 @@
 #!/usr/bin/env bash
 # Idempotent set-up: project-local .venv, pinned packages, Jittor wired to oneDNN and compiled.
 # Run by run.sh and tests/run.sh; a second run with nothing changed takes about a second.
-#   bash tools/setup.sh [--dev]     --dev adds the test dependencies
+#   bash tools/setup.sh [--dev] [--mpi]   --dev adds the test dependencies, --mpi OpenMPI (for NP/GPUS > 1)
 # Environment: PYTHON (interpreter for the venv, default python3), FORCE_CPU=1 (never use a GPU).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 REQS=("$ROOT/requirements.txt")
-[ "${1:-}" = "--dev" ] && REQS+=("$ROOT/tests/requirements.txt")
+MPI=0
+for arg in "$@"; do
+    case "$arg" in
+        --dev) REQS+=("$ROOT/tests/requirements.txt") ;;
+        --mpi) MPI=1 ;;
+        *) echo "usage: bash tools/setup.sh [--dev] [--mpi]" >&2; exit 2 ;;
+    esac
+done
 
 say() { printf '[setup] %s\n' "$*" >&2; }
+
+# 0. MPI, only when multi-process runs are asked for: Debian's OpenMPI (mpirun for tools/launch.sh,
+#    mpicc for Jittor, which compiles its MPI ops against it on the next import).
+if [ "$MPI" = 1 ] && ! { command -v mpirun && command -v mpicc; } >/dev/null; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    if ! command -v apt-get >/dev/null; then
+        say "error: multi-process runs need OpenMPI (mpirun, mpicc); install it with your package manager"
+        exit 1
+    fi
+    say "installing OpenMPI (openmpi-bin, libopenmpi-dev) for multi-process runs"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+fi
 
 # 1. The virtual environment and the pinned packages, reinstalled only when a requirements file changes.
 if [ ! -x "$PY" ]; then
