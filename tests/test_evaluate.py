@@ -1,6 +1,7 @@
 """tools/evaluate.py: the contest formula over the present terms, the CLI on a small results folder,
 and the stand-in judge's training step and checkpoint."""
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,3 +58,63 @@ def test_judge_trains_saves_and_scores(demo, tmp_path, capsys):
     imgs = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     np.testing.assert_array_equal(train_segmenter.recolour(imgs, rng, 0.0), imgs)
     assert not np.array_equal(train_segmenter.recolour(imgs, rng, 1.0), imgs)
+
+
+def _held_out(h=16, w=24):
+    """A red photo labelled 0 everywhere and a blue one labelled 1 everywhere (with noise)."""
+    rng = np.random.default_rng(4)
+    red = np.clip(rng.normal((200, 40, 40), 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    blue = np.clip(rng.normal((40, 40, 200), 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    return {"image": np.stack([red, blue]), "label": np.stack([np.zeros((h, w), np.int64), np.ones((h, w), np.int64)])}
+
+
+def test_recoloured_accuracy_exposes_a_judge_that_reads_colour():
+    """held_out_accuracy's second figure moves each image's colours onto another's and keeps the labels:
+    a judge that reads red vs blue is right on every plain pixel and wrong on every recoloured one,
+    a judge that reads the layout (here: which image half, matching labels) keeps its accuracy."""
+    from jmodels.runtime import init_jittor
+    jt = init_jittor()
+    from tools.train_segmenter import held_out_accuracy
+
+    class ColourJudge(jt.nn.Module):
+        def execute(self, x):  # class 0 where red > blue, class 1 where blue > red
+            d = x[:, 0:1] - x[:, 2:3]
+            return jt.concat([d, -d, jt.zeros((x.shape[0], 27) + tuple(x.shape[2:]))], dim=1)
+
+    class LayoutJudge(jt.nn.Module):
+        def execute(self, x):  # the left half is class 0, the right half class 1, whatever the colour
+            left = (jt.arange(x.shape[3]) < x.shape[3] // 2).float32().reshape(1, 1, 1, -1)
+            left = left.broadcast((x.shape[0], 1) + tuple(x.shape[2:]))
+            return jt.concat([left, 1 - left, jt.zeros((x.shape[0], 27) + tuple(x.shape[2:]))], dim=1)
+
+    val = _held_out()
+    assert held_out_accuracy(ColourJudge(), val) == (1.0, 0.0)
+    val["label"][:] = (np.arange(24) >= 12)[None, None, :]
+    assert held_out_accuracy(LayoutJudge(), val) == (1.0, 1.0)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(not (ROOT / "runs/judge/ckpt.npz").is_file() or not (ROOT.parent / "shared/data").is_dir(),
+                    reason="no trained judge at runs/judge/ckpt.npz (README: Scoring locally) or no ../shared/data")
+def test_a_trained_judge_keeps_its_accuracy_on_recoloured_real_images():
+    """The judge in runs/judge, on its held-out real images recoloured toward its training images:
+    within 0.05 pixel accuracy of the plain images, so it does not punish style transfer."""
+    import dataset
+    from jmodels.color import reinhard_transfer
+    from jmodels.imageio import to_uint8
+    from tools.train_segmenter import load_judge, predict
+    model, size, meta = load_judge(ROOT / "runs/judge/ckpt.npz")
+    data = meta["data"]
+    train = sorted(set(p.stem for p in dataset.list_train_pairs(data)) - set(meta["held_out"]))[:len(meta["held_out"])]
+    held = dataset.PairDataset(data, size, augment=False, stems=meta["held_out"])
+    refs = dataset.PairDataset(data, size, augment=False, stems=train)
+    items = [held.load(i) for i in range(len(held))]
+    images = to_uint8(np.stack([it["image"] for it in items]))
+    labels = np.stack([it["label"] for it in items])
+    moved = np.stack([reinhard_transfer(im, to_uint8(refs.load(k)["image"]), 1.0)
+                      for k, im in enumerate(images)])
+    plain, recoloured = float((predict(model, images) == labels).mean()), float((predict(model, moved) == labels).mean())
+    print(f"judge on {len(images)} held-out real images: plain {plain:.4f}, recoloured {recoloured:.4f}")
+    assert recoloured >= plain - 0.05
