@@ -101,6 +101,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_trained_judge_keeps_its_accuracy_on_recoloured_real_images():
     """The judge in runs/judge, on its held-out real images recoloured toward its training images:
     within 0.05 pixel accuracy of the plain images, so it does not punish style transfer."""
+    from jmodels.runtime import init_jittor
+    init_jittor()
     import dataset
     from jmodels.color import reinhard_transfer
     from jmodels.imageio import to_uint8
