@@ -31,7 +31,7 @@ def main():
     from jmodels.diffusion import GaussianDiffusion
     from jmodels.unet import UNet, UNetConfig
     from jmodels.vae import AutoencoderKL, VAEConfig
-    from tools.bench_unet import FULL
+    from tools.bench import FULL_UNET as FULL
     from tools.make_demo_data import make_label, paint
 
     size = tuple(int(v) for v in args.size.split(","))

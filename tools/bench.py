@@ -1,0 +1,278 @@
+"""Benchmark our networks in Jittor against PyTorch twins of the same layers and weights, side by side.
+
+    python tools/bench.py [--torch_python PY] [--repeats 3] [--cases 0,1,...]    (--list shows the cases)
+
+The stage-1 VAE (twin: diffusers' AutoencoderKL) and the stage-2 UNet (twin: tools/torch_twins.py), at
+the contest's shapes (512x384 images, 64x48 latents, full-scale configs) and the small CPU recipe's
+(128x96, 16x12), batch 1 and 4. Each case times a forward without gradients, a training step (forward,
+loss, backward, AdamW) and one sampling call (VAE: decoding latents, as test.py does; UNet: one guided
+call, the batch doubled). Each backend and case runs in its own process on the same weights and
+inputs; warm-up excluded, medians of --repeats. Prints seconds per image, the Jittor/PyTorch ratio,
+the forward's achieved GFLOP/s (FLOPs counted by PyTorch) against this machine's 3x3-conv GFLOP/s
+measured in the same run, and each process's peak memory (max RSS). PyTorch (and diffusers, for
+the VAE) is an optional dev dependency: without it only Jittor's column is printed.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SD_VAE = dict(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, norm_groups=32)
+SMALL_VAE = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, norm_groups=16)
+FULL_UNET = dict(ch=128, ch_mult=(1, 2, 3, 4), num_res_blocks=2, attn_levels=(2, 3), head_dim=64,
+                 spade_hidden=128, norm_groups=32)
+SMALL_UNET = dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(1, 2), head_dim=32, spade_hidden=64,
+                  norm_groups=32)
+CASES = [  # network, name, config, image size (W, H), batch, time a training step
+    ("vae", "sd-vae 512x384", SD_VAE, (512, 384), 1, True),
+    ("vae", "sd-vae 512x384", SD_VAE, (512, 384), 4, False),  # a training step needs ~40 GB here
+    ("vae", "small 128x96", SMALL_VAE, (128, 96), 1, True),
+    ("vae", "small 128x96", SMALL_VAE, (128, 96), 4, True),
+    ("unet", "full 64x48", FULL_UNET, (512, 384), 1, True),
+    ("unet", "full 64x48", FULL_UNET, (512, 384), 4, True),
+    ("unet", "small 16x12", SMALL_UNET, (128, 96), 1, True),
+    ("unet", "small 16x12", SMALL_UNET, (128, 96), 4, True),
+]
+CONV = (4, 128, 64, 64)  # the peak probe: a 3x3 conv 128 -> 128 channels, batch 4 at 64x64
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up: compiles kernels
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def inputs(net, config, size, b):
+    """The same inputs for both backends: images, or latents + timesteps + one-hot mask + style."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    if net == "vae":
+        return (rng.uniform(-1, 1, (b, 3, h, w)).astype(np.float32),
+                rng.standard_normal((b, 4, h // 8, w // 8)).astype(np.float32))
+    labels = rng.integers(0, 29, (b, h, w))
+    mask = (labels[:, None] == np.arange(29)[None, :, None, None]).astype(np.float32)
+    return (rng.standard_normal((b, 4, h // 8, w // 8)).astype(np.float32), rng.integers(0, 1000, b).astype(np.int64),
+            mask, rng.standard_normal((b, config["style_dim"])).astype(np.float32))
+
+
+def jittor_case(case, repeats, files):
+    from jmodels.runtime import init_jittor
+    jt = init_jittor(seed=0)
+    from jmodels.checkpoint import state_arrays
+    from jmodels.conditioning import STYLE_DIM
+    from jmodels.optim import AdamW
+    net, _, c, size, b, train_too = case
+    if net == "vae":
+        from jmodels.vae import AutoencoderKL, VAEConfig, kl_divergence
+        model, config = AutoencoderKL(VAEConfig(**c)), dict(c)
+    else:
+        from jmodels.unet import UNet, UNetConfig
+        model = UNet(UNetConfig(style_dim=STYLE_DIM, **c))
+        config = model.config.to_dict()
+    weights = {k: (v + 0.02 * np.random.default_rng(1).standard_normal(v.shape)).astype(np.float32)
+               for k, v in state_arrays(model).items()}  # no zero-initialised layers: outputs to compare
+    for k, v in model.state_dict().items():
+        v.update(jt.array(weights[k]))
+    arrays = inputs(net, config, size, b)
+    opt = AdamW(model.named_parameters(), lr=1e-4)
+    if net == "vae":
+        x, z = jt.array(arrays[0]), jt.array(arrays[1])
+        with jt.no_grad():
+            out = model(x)[0].numpy()
+        forward, sample = (lambda: model(x)[0].sync()), (lambda: model.decode(z).sync())
+
+        def loss():
+            rec, mean, logvar = model(x, jt.randn(z.shape))
+            return (x - rec).abs().sum() / b + 1e-6 * kl_divergence(mean, logvar)
+    else:
+        args = [jt.array(a) for a in arrays]
+        doubled = [jt.concat([a, a]) for a in args]
+        with jt.no_grad():
+            out = model(*args).numpy()
+        forward, sample = (lambda: model(*args).sync()), (lambda: model(*doubled).sync())
+
+        def loss():
+            return model(*args).sqr().mean()
+    np.savez(files, config=json.dumps(config), out=out, **{f"w/{k}": v for k, v in weights.items()})
+
+    def no_grad(fn):
+        def run():
+            with jt.no_grad():
+                fn()
+        return run
+
+    def train():
+        opt.step(loss())
+        jt.sync_all()
+
+    result = {"forward": median_time(no_grad(forward), repeats), "sample": median_time(no_grad(sample), repeats)}
+    if train_too:
+        result["train"] = median_time(train, repeats)
+    return dict(result, params=sum(int(np.prod(p.shape)) for p in model.parameters()), peak_mb=peak_mb())
+
+
+def torch_case(case, repeats, files):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.set_num_threads(os.cpu_count())
+    net, _, _, size, b, train_too = case
+    saved = np.load(files)
+    config = json.loads(str(saved["config"]))
+    state = {k[2:]: torch.from_numpy(saved[k]) for k in saved.files if k.startswith("w/")}
+    arrays = [torch.from_numpy(a) for a in inputs(net, config, size, b)]
+    if net == "vae":
+        from diffusers import AutoencoderKL
+        n = len(config["ch_mult"])
+        model = AutoencoderKL(block_out_channels=tuple(config["ch"] * m for m in config["ch_mult"]),
+                              layers_per_block=config["num_res_blocks"], norm_num_groups=config["norm_groups"],
+                              down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n)
+        x, z = arrays
+        forward = lambda: model.decode(model.encode(x).latent_dist.mean).sample  # noqa: E731
+        sample = lambda: model.decode(z).sample  # noqa: E731
+
+        def loss():
+            post = model.encode(x).latent_dist
+            return (x - model.decode(post.sample()).sample).abs().sum() / b + 1e-6 * post.kl().mean()
+    else:
+        from tools.torch_twins import UNet
+        model = UNet(config)
+        doubled = [torch.cat([a, a]) for a in arrays]
+        forward, sample = (lambda: model(*arrays)), (lambda: model(*doubled))
+
+        def loss():
+            return model(*arrays).square().mean()
+    model.load_state_dict(state, strict=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        out = forward().numpy()
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
+
+    def train():
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+
+    result = {"forward": median_time(no_grad(forward), repeats), "sample": median_time(no_grad(sample), repeats)}
+    if train_too:
+        result["train"] = median_time(train, repeats)
+    return dict(result, gflop=flops.get_total_flops() / 1e9, max_diff=float(np.abs(out - saved["out"]).max()),
+                peak_mb=peak_mb())
+
+
+def conv_probe(backend, repeats):
+    """GFLOP/s of the peak probe conv (forward), the yardstick for the networks' forwards."""
+    b, c, h, w = CONV
+    x = np.random.default_rng(0).standard_normal(CONV).astype(np.float32)
+    k = np.random.default_rng(1).standard_normal((c, c, 3, 3)).astype(np.float32)
+    if backend == "jittor":
+        from jmodels.runtime import init_jittor
+        jt = init_jittor()
+        xj, kj = jt.array(x), jt.array(k)
+        t = median_time(lambda: jt.nn.conv2d(xj, kj, padding=1).sync(), max(repeats, 5))
+    else:
+        import torch
+        torch.set_num_threads(os.cpu_count())
+        xt, kt = torch.from_numpy(x), torch.from_numpy(k)
+        with torch.no_grad():
+            t = median_time(lambda: torch.nn.functional.conv2d(xt, kt, padding=1), max(repeats, 5))
+    return {"gflops": 2 * b * c * c * 9 * h * w / t / 1e9}
+
+
+def run_child(python, backend, case, repeats, files):
+    """One backend and case in a fresh process; its RESULT line as a dict."""
+    cmd = [python, __file__, "--child", backend, "--case", str(case), "--repeats", str(repeats), "--files", files]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(line[7:])
+
+
+def report(case, jr, tr, peak):
+    net, name, _, _, b, _ = case
+    label = f"{net} {name}"
+    if "error" in jr:
+        print(f"{label:22s} {b:5d}  jittor failed: {jr['error']}")
+        return
+    for what in ("forward", "sample", "train"):
+        if what not in jr:
+            print(f"{label:22s} {b:5d} {what:8s} {'(skipped: memory)':>20s}")
+            continue
+        j, t = jr[what] / b, tr.get(what)
+        cols = f"{j:9.3f} " + (f"{t / b:9.3f} {jr[what] / t:6.2f}" if t else f"{'-':>9s} {'-':>6s}")
+        print(f"{label:22s} {b:5d} {what:8s} {cols}", flush=True)
+    line = f"{'':28s} {jr['params'] / 1e6:.2f} M params; peak memory jittor {jr['peak_mb']:.0f} MB"
+    if "gflop" in tr:
+        jg, tg = tr["gflop"] / jr["forward"], tr["gflop"] / tr["forward"]
+        line += (f", torch {tr['peak_mb']:.0f} MB; {tr['gflop']:.1f} GFLOP per forward: jittor {jg:.0f} GFLOP/s"
+                 + (f" ({100 * jg / peak:.0f}% of the conv's)" if peak else "") + f", torch {tg:.0f}"
+                 + f"; twin max diff {tr['max_diff']:.1e}")
+    elif "error" in tr:
+        line += f"; torch failed: {tr['error']}"
+    print(line)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--torch_python", default=sys.executable, help="a Python with torch (+ diffusers for the VAE)")
+    ap.add_argument("--cases", default=",".join(str(i) for i in range(len(CASES))))
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--case", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--files", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.list:
+        for i, (net, name, _, _, b, _) in enumerate(CASES):
+            print(f"{i}: {net} {name} batch {b}")
+        return
+    if args.child:
+        if args.case < 0:
+            result = conv_probe(args.child, args.repeats)
+        else:
+            result = (jittor_case if args.child == "jittor" else torch_case)(CASES[args.case], args.repeats, args.files)
+        print("RESULT " + json.dumps(result))
+        return
+    has_torch = subprocess.run([args.torch_python, "-c", "import torch, diffusers"], capture_output=True).returncode == 0
+    if not has_torch:
+        print(f"(no torch + diffusers under {args.torch_python}: the PyTorch column is left out)")
+    probes = {k: run_child(py, k, -1, args.repeats, "") for k, py in
+              (("jittor", sys.executable), ("torch", args.torch_python)) if k == "jittor" or has_torch}
+    peak = max(p.get("gflops", 0.0) for p in probes.values())
+    print("3x3 conv 128->128, batch 4, 64x64: " + ", ".join(f"{k} {p['gflops']:.0f} GFLOP/s" if "gflops" in p
+                                                           else f"{k} failed" for k, p in probes.items())
+          + f" (the machine's conv figure: {peak:.0f})")
+    print(f"{'case':22s} {'batch':>5s} {'':8s} {'jittor s':>9s} {'torch s':>9s} {'ratio':>6s}   (seconds per image)")
+    for i in (int(c) for c in args.cases.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            files = os.path.join(tmp, "case.npz")
+            jr = run_child(sys.executable, "jittor", i, args.repeats, files)
+            tr = run_child(args.torch_python, "torch", i, args.repeats, files) if has_torch and "error" not in jr else {}
+        report(CASES[i], jr, tr, peak)
+
+
+if __name__ == "__main__":
+    main()
