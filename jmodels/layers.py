@@ -10,11 +10,13 @@ from jittor import nn
 
 
 class GroupNorm(nn.Module):
-    """GroupNorm (Wu & He 2018) whose statistics are matrix-vector products.
+    """GroupNorm (Wu & He 2018) whose statistics do not depend on the other images of the batch.
 
     Jittor's own GroupNorm reduces with kernels whose summation order depends on the batch size,
     so one image's result changed with the images beside it (about 5e-7): enough to flip JPEG
-    bytes between batch sizes. A GEMV per sample row is batch-independent and reaches oneDNN.
+    bytes between batch sizes. On the CPU a fused kernel (`_GroupNormCPU`) normalises each
+    (sample, group) row with one thread and float64 sums, rows spread over OpenMP threads (Jittor's
+    generated kernels run on one thread); on the GPU the statistics are matrix-vector products.
     Parameters are named as Jittor's and PyTorch's (`weight`, `bias`).
     """
 
@@ -29,16 +31,109 @@ class GroupNorm(nn.Module):
     def execute(self, x):
         n, c = x.shape[0], x.shape[1]
         rows = x.reshape(n * self.num_groups, -1)  # (N*G, K): one row per sample and group
+        weight = self.weight if self.affine else jt.ones(c).stop_grad()
+        bias = self.bias if self.affine else jt.zeros(c).stop_grad()
+        if not jt.flags.use_cuda and x.dtype == "float32":
+            return _GroupNormCPU(self.num_groups, self.eps)(rows, weight, bias).reshape(x.shape)
         k = rows.shape[1]
         avg = jt.ones((k, 1)) / k
         mean = jt.matmul(rows, avg)  # (N*G, 1)
         centred = rows - mean
         var = jt.matmul(centred * centred, avg)  # two-pass: no cancellation
-        y = (centred / jt.sqrt(var + self.eps)).reshape(x.shape)
-        if self.affine:
-            shape = (1, c) + (1,) * (x.ndim - 2)
-            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        return (centred / jt.sqrt(var + self.eps)).reshape(x.shape) * weight.reshape(shape) + bias.reshape(shape)
+
+
+class _GroupNormCPU(jt.Function):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over rows (N*G, K) of C/G channels each.
+
+    Backward (per row, xhat = (x - mean) * rstd, g = dy * weight):
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)); dweight = sum dy * xhat, dbias = sum dy
+    per channel over samples and pixels.
+    """
+
+    def __init__(self, groups, eps):
+        self.groups, self.eps = groups, eps
+
+    def execute(self, rows, weight, bias):
+        head = f"const int G = {self.groups}; const double EPS = {self.eps!r};"
+        y, mean, rstd = jt.code([rows.shape, (rows.shape[0],), (rows.shape[0],)], ["float32"] * 3,
+                                [rows, weight, bias], cpu_header="#include <cmath>",
+                                cpu_src=head + _GN_FORWARD)
+        self.saved = rows, weight, mean, rstd
         return y
+
+    def grad(self, dy):
+        rows, weight, mean, rstd = self.saved
+        head = f"const int G = {self.groups};"
+        dx, dweight, dbias = jt.code([rows.shape, weight.shape, weight.shape], ["float32"] * 3,
+                                     [rows, weight, mean, rstd, dy], cpu_src=head + _GN_BACKWARD)
+        return dx, dweight, dbias
+
+
+_GN_FORWARD = """
+    const float *x = in0_p, *w = in1_p, *b = in2_p;
+    float *y = out0_p, *mu = out1_p, *rs = out2_p;
+    const int R = in0_shape0, K = in0_shape1, CPG = in1_shape0 / G, HW = K / CPG;
+    #pragma omp parallel for
+    for (int r = 0; r < R; r++) {
+        const float *xr = x + (size_t)r * K;
+        double s = 0, v = 0;
+        for (int k = 0; k < K; k++) s += xr[k];
+        const double m = s / K;
+        for (int k = 0; k < K; k++) { double d = xr[k] - m; v += d * d; }
+        const double rstd = 1.0 / std::sqrt(v / K + EPS);
+        mu[r] = (float)m; rs[r] = (float)rstd;
+        for (int j = 0; j < CPG; j++) {
+            const int c = (r % G) * CPG + j;
+            const float a = (float)(rstd * w[c]), sh = (float)(b[c] - m * rstd * w[c]);
+            float *yr = y + (size_t)r * K + (size_t)j * HW;
+            const float *xj = xr + (size_t)j * HW;
+            for (int h = 0; h < HW; h++) yr[h] = xj[h] * a + sh;
+        }
+    }
+"""
+
+_GN_BACKWARD = """
+    const float *x = in0_p, *w = in1_p, *mu = in2_p, *rs = in3_p, *dy = in4_p;
+    float *dx = out0_p, *dw = out1_p, *db = out2_p;
+    const int R = in0_shape0, K = in0_shape1, C = in1_shape0, CPG = C / G, HW = K / CPG, N = R / G;
+    #pragma omp parallel for
+    for (int r = 0; r < R; r++) {
+        const float *xr = x + (size_t)r * K, *gr = dy + (size_t)r * K;
+        const float m = mu[r], s = rs[r];
+        double sg = 0, sgx = 0;
+        for (int j = 0; j < CPG; j++) {
+            const float wc = w[(r % G) * CPG + j];
+            for (int h = 0; h < HW; h++) {
+                const int k = j * HW + h;
+                const float g = gr[k] * wc;
+                sg += g; sgx += g * (xr[k] - m) * s;
+            }
+        }
+        const float A = (float)(sg / K), B = (float)(sgx / K);
+        float *dxr = dx + (size_t)r * K;
+        for (int j = 0; j < CPG; j++) {
+            const float wc = w[(r % G) * CPG + j];
+            for (int h = 0; h < HW; h++) {
+                const int k = j * HW + h;
+                dxr[k] = s * (gr[k] * wc - A - (xr[k] - m) * s * B);
+            }
+        }
+    }
+    #pragma omp parallel for
+    for (int c = 0; c < C; c++) {
+        const int g = c / CPG, j = c % CPG;
+        double sw = 0, sb = 0;
+        for (int n = 0; n < N; n++) {
+            const int r = n * G + g;
+            const float *xr = x + (size_t)r * K + (size_t)j * HW, *gr = dy + (size_t)r * K + (size_t)j * HW;
+            const float m = mu[r], s = rs[r];
+            for (int h = 0; h < HW; h++) { sw += gr[h] * (xr[h] - m) * s; sb += gr[h]; }
+        }
+        dw[c] = (float)sw; db[c] = (float)sb;
+    }
+"""
 
 
 def group_norm(channels, groups, eps=1e-6):
