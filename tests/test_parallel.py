@@ -33,7 +33,8 @@ TOL = 2e-5  # fp32: the ranks' gradients are summed in another order than one pr
 def launch(np_, script, *args):
     env = dict(os.environ, NP=str(np_), FORCE_CPU="1")
     cmd = ["bash", str(ROOT / "tools/launch.sh"), sys.executable, str(ROOT / script), *args]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
