@@ -117,6 +117,10 @@ def latent_cache(vae, train_set, path, batch_size, source):
     is missing or was made from another VAE checkpoint, size or image list."""
     from jmodels import checkpoint, parallel
     stems = [p.stem for p in train_set.pairs]
+    if path.exists():  # every rank sees the same file, so every rank takes the same branch
+        meta, groups = checkpoint.load(path)
+        if meta.get("source") == source and meta.get("stems") == stems:
+            return groups["cache"]
     parallel.on_main(build_latent_cache)(vae, train_set, path, batch_size, source, stems)
     return checkpoint.load(path)[1]["cache"]
 
@@ -124,10 +128,6 @@ def latent_cache(vae, train_set, path, batch_size, source):
 def build_latent_cache(vae, train_set, path, batch_size, source, stems):
     import jittor as jt
     from jmodels import checkpoint
-    if path.exists():
-        meta, _ = checkpoint.load(path)
-        if meta.get("source") == source and meta.get("stems") == stems:
-            return
     t0, means, logvars = time.time(), [], []
     with jt.no_grad():
         for i in tqdm(range(0, len(stems), batch_size), desc="latent cache", dynamic_ncols=True):

@@ -230,13 +230,13 @@ def main(argv=None):
         if run.step % cfg["ckpt_every"] == 0 and run.step < cfg["max_steps"]:
             save(ckpt, val_psnr=val_psnr)
     bar.close()
-    scale = parallel.on_main(latent_scale)(run.ema.twin, dataset.PairDataset(cfg["data"], cfg["size"], False,
-                                                                             train_stems),
-                                           cfg["scale_images"], cfg["batch_size"])
+    train_plain = dataset.PairDataset(cfg["data"], cfg["size"], False, train_stems)
+    scale = parallel.on_main(latent_scale)(run.ema.twin, train_plain, cfg["scale_images"], cfg["batch_size"])
     save(ckpt, val_psnr=val_psnr, latent_scale=scale)
     if parallel.is_main():
         print(f"done: step {run.step}, val PSNR {val_psnr:.2f} dB, latent scale {scale:.4f} -> {ckpt}")
     return run.meta(val_psnr=val_psnr, latent_scale=scale)
+
 
 if __name__ == "__main__":
     main()

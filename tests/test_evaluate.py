@@ -1,11 +1,11 @@
 """tools/evaluate.py: the contest formula over the present terms, the CLI on a small results folder,
 and the stand-in judge's training step and checkpoint."""
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT, SHARED_DATA
 from tools.evaluate import contest_total, main
 from tools.make_demo_data import make_demo
 
@@ -93,10 +93,7 @@ def test_recoloured_accuracy_exposes_a_judge_that_reads_colour():
     assert held_out_accuracy(LayoutJudge(), val) == (1.0, 1.0)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.mark.skipif(not (ROOT / "runs/judge/ckpt.npz").is_file() or not (ROOT.parent / "shared/data").is_dir(),
+@pytest.mark.skipif(not (ROOT / "runs/judge/ckpt.npz").is_file() or not SHARED_DATA.is_dir(),
                     reason="no trained judge at runs/judge/ckpt.npz (README: Scoring locally) or no ../shared/data")
 def test_a_trained_judge_keeps_its_accuracy_on_recoloured_real_images():
     """The judge in runs/judge, on its held-out real images recoloured toward its training images:

@@ -8,15 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from jmodels import checkpoint
 from tools.make_demo_data import make_demo
 
-ROOT = Path(__file__).resolve().parents[1]
 needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None,
                                 reason="MPI is absent (no mpirun): bash tools/setup.sh --mpi installs it")
 

@@ -56,6 +56,21 @@ def median_time(fn, repeats):
     return float(np.median(times))
 
 
+def time_calls(no_grad, forward, sample, train, train_too, repeats):
+    """Medians of the forward and the sampling call (inside the backend's `no_grad` context) and, if
+    asked, of the training step."""
+    def inside(fn):
+        def run():
+            with no_grad():
+                fn()
+        return run
+
+    result = {"forward": median_time(inside(forward), repeats), "sample": median_time(inside(sample), repeats)}
+    if train_too:
+        result["train"] = median_time(train, repeats)
+    return result
+
+
 def peak_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -113,19 +128,11 @@ def jittor_case(case, repeats, files):
             return model(*args).sqr().mean()
     np.savez(files, config=json.dumps(config), out=out, **{f"w/{k}": v for k, v in weights.items()})
 
-    def no_grad(fn):
-        def run():
-            with jt.no_grad():
-                fn()
-        return run
-
     def train():
         opt.step(loss())
         jt.sync_all()
 
-    result = {"forward": median_time(no_grad(forward), repeats), "sample": median_time(no_grad(sample), repeats)}
-    if train_too:
-        result["train"] = median_time(train, repeats)
+    result = time_calls(jt.no_grad, forward, sample, train, train_too, repeats)
     return dict(result, params=sum(int(np.prod(p.shape)) for p in model.parameters()), peak_mb=peak_mb())
 
 
@@ -164,20 +171,12 @@ def torch_case(case, repeats, files):
     with torch.no_grad(), FlopCounterMode(display=False) as flops:
         out = forward().numpy()
 
-    def no_grad(fn):
-        def run():
-            with torch.no_grad():
-                fn()
-        return run
-
     def train():
         opt.zero_grad()
         loss().backward()
         opt.step()
 
-    result = {"forward": median_time(no_grad(forward), repeats), "sample": median_time(no_grad(sample), repeats)}
-    if train_too:
-        result["train"] = median_time(train, repeats)
+    result = time_calls(torch.no_grad, forward, sample, train, train_too, repeats)
     return dict(result, gflop=flops.get_total_flops() / 1e9, max_diff=float(np.abs(out - saved["out"]).max()),
                 peak_mb=peak_mb())
 
