@@ -4,23 +4,40 @@
 #   DATA=<train dir> TEST=<test dir> bash run.sh   the contest's data
 #   FORCE="ldm test" bash run.sh                   redo the named stages
 #   GPUS=4 bash run.sh                             train on 4 GPUs (MPI data parallelism; NP=N: CPU processes)
+#   SCALE=small bash run.sh                        the proof that it learns: ../shared/data/gaugan_proxy at 128x96,
+#                                                  about 2 h on 2 CPU cores, scored on held-out pairs (report.md)
+#   SCALE=full DATA=<train> TEST=<test> bash run.sh   the contest recipe at 512x384, on GPUs
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 # ---- settings ---------------------------------------------------------------------------
+SCALE=${SCALE:-demo}          # demo | small | full: one recipe; only resolution, widths and steps differ
 DATA=${DATA:-}                # training root with imgs/ + labels/ (empty: the demo data)
-TEST=${TEST:-}                # test folder with label PNGs + label_to_img.json (empty: demo)
-RUN=${RUN:-runs/demo}         # checkpoints, sample grids, results and logs of this run
+TEST=${TEST:-}                # test folder with label PNGs + label_to_img.json (empty: demo);
+                              # "holdout": made from DATA's held-out pairs, then scored into report.md
+RUN=${RUN:-runs/$SCALE}       # checkpoints, sample grids, results and logs of this run
 DEMO=${DEMO:-data/demo}       # where the demo data is generated
 DEMO_FLAGS="--train 120 --test 24 --seed 0"
 VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
 LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: README.md)
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm test
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm test report
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
 NP=${NP:-${GPUS:-1}}          # training processes on any device (CPU: NP=2); > 1 launches through mpirun
 # -------------------------------------------------------------------------------------------
+case $SCALE in
+    demo)  SCALE_VAE=""; SCALE_LDM="" ;;  # the scripts' own defaults
+    small) DATA=${DATA:-../shared/data/gaugan_proxy}; TEST=${TEST:-holdout}
+           SCALE_VAE="--max_steps 4000 --disc_start 2001 --sample_every 500 --ckpt_every 500"
+           SCALE_LDM="--max_steps 15000 --cache_latents 1 --sample_every 2500 --ckpt_every 1000" ;;
+    full)  SCALE_VAE="--size 512,384 --ch 128 --ch_mult 1,2,4,4 --num_res_blocks 2 --norm_groups 32
+                      --batch_size 8 --max_steps 100000 --disc_start 50001 --sample_every 2000 --ckpt_every 2000"
+           SCALE_LDM="--size 512,384 --ch 128 --ch_mult 1,2,3,4 --num_res_blocks 2 --attn_levels 2,3
+                      --head_dim 64 --spade_hidden 128 --batch_size 32 --max_steps 300000 --cache_latents 1
+                      --sample_every 5000 --ckpt_every 5000" ;;
+    *)     echo "error: SCALE=$SCALE: one of demo, small, full" >&2; exit 2 ;;
+esac
 
 if [ "$NP" -gt 1 ]; then bash tools/setup.sh --mpi; else bash tools/setup.sh; fi
 PY=.venv/bin/python
@@ -29,6 +46,9 @@ mkdir -p "$RUN"
 
 forced() { [[ " $FORCE " == *" $1 "* ]]; }
 banner() { printf '\n== %s ==\n' "$*"; }
+timed() {  # timed STAGE CMD...: run CMD, append its wall time to $RUN/times.tsv (a resumed stage adds a line)
+    local t0=$SECONDS; "${@:2}"; printf '%s\t%d\t%s\n' "$1" $((SECONDS - t0)) "$(date -Is)" >> "$RUN/times.tsv"
+}
 
 if [ -z "$DATA" ]; then
     DATA="$DEMO/train"
@@ -40,26 +60,36 @@ if [ -z "$DATA" ]; then
 fi
 
 if [ ! -f "$RUN/data_check.txt" ] || forced check; then
-    banner "check: reading every file of $DATA${TEST:+ and $TEST}"
-    $PY dataset.py "$DATA" ${TEST:+--test "$TEST"} | tee "$RUN/data_check.txt.tmp"
+    CHECK_TEST=${TEST/#holdout/}  # a held-out test set is made from DATA after training
+    banner "check: reading every file of $DATA${CHECK_TEST:+ and $CHECK_TEST}"
+    $PY dataset.py "$DATA" ${CHECK_TEST:+--test "$CHECK_TEST"} | tee "$RUN/data_check.txt.tmp"
     mv "$RUN/data_check.txt.tmp" "$RUN/data_check.txt"
 fi
 
 # Training stages resume from their checkpoint and return at once when finished.
 banner "vae: stage 1, the autoencoder -> $RUN/vae/ckpt.npz"
 forced vae && rm -rf "$RUN/vae"
-$TRAIN train_vae.py --data "$DATA" --out "$RUN/vae" $VAE_FLAGS
+timed vae $TRAIN train_vae.py --data "$DATA" --out "$RUN/vae" $SCALE_VAE $VAE_FLAGS
 
 banner "ldm: stage 2, the conditional UNet -> $RUN/ldm/ckpt.npz"
 forced ldm && rm -rf "$RUN/ldm"
-$TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $LDM_FLAGS
+timed ldm $TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $SCALE_LDM $LDM_FLAGS
+
+if [ "$TEST" = holdout ]; then
+    TEST="$RUN/holdout_test"
+    if [ ! -f "$TEST/label_to_img.json" ] || forced test; then
+        banner "holdout: the pairs this run never trained on, as a test set -> $TEST"
+        $PY tools/holdout_test.py --ckpt "$RUN/ldm/ckpt.npz" --out "$TEST"
+    fi
+    REPORT=1
+fi
 
 if [ -z "$TEST" ]; then
     echo "test: skipped (no TEST folder given)"
 else
     banner "test: the contest entry -> $RESULTS and $RESULTS.zip"
     forced test && rm -rf "$RESULTS" "$RESULTS.zip"
-    $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
+    timed test $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
 fi
 
 banner "done: $RUN, $RESULTS.zip"
