@@ -23,6 +23,7 @@ LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: REA
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
 FORCE=${FORCE:-}              # stages to redo: data check vae ldm test report
+JUDGE=${JUDGE:-runs/judge/ckpt.npz}  # the report's stand-in judge; trained on DATA's split when absent
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
 NP=${NP:-${GPUS:-1}}          # training processes on any device (CPU: NP=2); > 1 launches through mpirun
 # -------------------------------------------------------------------------------------------
@@ -30,7 +31,7 @@ case $SCALE in
     demo)  SCALE_VAE=""; SCALE_LDM="" ;;  # the scripts' own defaults
     small) DATA=${DATA:-../shared/data/gaugan_proxy}; TEST=${TEST:-holdout}
            SCALE_VAE="--max_steps 4000 --disc_start 2001 --sample_every 500 --ckpt_every 500"
-           SCALE_LDM="--max_steps 15000 --cache_latents 1 --sample_every 2500 --ckpt_every 1000" ;;
+           SCALE_LDM="--max_steps 20000 --cache_latents 1 --sample_every 2500 --ckpt_every 1000" ;;
     full)  SCALE_VAE="--size 512,384 --ch 128 --ch_mult 1,2,4,4 --num_res_blocks 2 --norm_groups 32
                       --batch_size 8 --max_steps 100000 --disc_start 50001 --sample_every 2000 --ckpt_every 2000"
            SCALE_LDM="--size 512,384 --ch 128 --ch_mult 1,2,3,4 --num_res_blocks 2 --attn_levels 2,3
@@ -92,4 +93,14 @@ else
     timed test $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
 fi
 
-banner "done: $RUN, $RESULTS.zip"
+if [ -n "${REPORT:-}" ] && { [ ! -f "$RUN/report.md" ] || forced report; }; then
+    if [ ! -f "$JUDGE" ]; then
+        banner "judge: the stand-in segmenter that scores layouts -> $JUDGE"
+        timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$(dirname "$JUDGE")"
+    fi
+    banner "report: held-out scores against baselines and ablations -> $RUN/report.md"
+    timed report $PY tools/report.py --run "$RUN" --data "$DATA" --test "$TEST" --results "$RESULTS" \
+        --judge "$JUDGE" --flags "$TEST_FLAGS"
+fi
+
+banner "done: $RUN, $RESULTS.zip${REPORT:+, $RUN/report.md}"

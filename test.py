@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from jmodels.atomic import atomic_file
+from jmodels.imageio import save_jpeg
 
 # ---- defaults: every knob is a flag of the same name ------------------------------------------------
 DEFAULTS = dict(
@@ -31,6 +32,7 @@ DEFAULTS = dict(
     size=(0, 0),                  # generation size W,H; 0,0: the LDM's training size
     sampler="dpmpp_2m", steps=20, strength=0.8,
     guidance=2.0, drop=("mask", "style"),  # the unconditional branch drops these conditions
+    without=(),                   # ablation: conditions withheld from both branches (mask, style)
     color_transfer=0.5,           # Reinhard Lab transfer toward the reference, 0 (off) .. 1
     color_per_class=True,         # per class where the reference's label map has the class
     batch_size=4, seed=0,
@@ -89,11 +91,6 @@ def valid_jpeg(path):
         return False
 
 
-def write_jpeg(image, path):
-    with atomic_file(path) as f:
-        Image.fromarray(image).save(f, format="JPEG", quality=95, subsampling=0)
-
-
 def load_inputs(items, img_path):
     """Read and check every label and reference before the network runs: (labels, refs, ref_labels)."""
     import dataset
@@ -125,7 +122,7 @@ def generate_batch(models, cfg, size, items, labels, refs):
     z_ref = generate.encode_mean(vae, x_ref, scale)
     noise = np.stack([np.random.default_rng(image_seed(it.stem, cfg["seed"])).standard_normal(z_ref.shape[1:])
                       for it in items]).astype(np.float32)
-    cond = generate.conditions(lab_small, ref_small, z_ref)
+    cond = generate.withhold(generate.conditions(lab_small, ref_small, z_ref), cfg["without"])
     z, calls = generate.sample(unet, diffusion, cond, noise, steps=cfg["steps"], sampler=cfg["sampler"],
                                guidance=cfg["guidance"], drop=cfg["drop"], strength=cfg["strength"], x_ref=z_ref)
     return to_uint8(generate.decode(vae, z, scale)), calls
@@ -165,6 +162,9 @@ def main(argv=None):
     out = Path(cfg["output_path"])
     if out.exists() and not out.is_dir():
         sys.exit(f"error: --output_path {out} is a file, not a folder")
+    for flag in ("drop", "without"):
+        if set(cfg[flag]) - {"mask", "style"}:
+            sys.exit(f"error: --{flag} {','.join(cfg[flag])}: conditions are mask and style")
     try:
         items = dataset.list_test_items(cfg["input_path"], cfg["img_path"])
         todo = [it for it in items if not (cfg["resume"] and valid_jpeg(out / f"{it.stem}.jpg"))]
@@ -192,7 +192,7 @@ def main(argv=None):
             bar.update(len(todo[sl]))
             continue
         for it, img, lb, ref, rl in zip(todo[sl], images, labels[sl], refs[sl], ref_labels[sl]):
-            write_jpeg(postprocess(img, lb, ref, rl, cfg), out / f"{it.stem}.jpg")
+            save_jpeg(postprocess(img, lb, ref, rl, cfg), out / f"{it.stem}.jpg")
         bar.update(len(todo[sl]))
     bar.close()
     done = len(todo) - len(failed)

@@ -37,6 +37,14 @@ def conditions(labels, ref_images_uint8, ref_latents):
     return {"mask": jt.array(one_hot(labels)), "style": jt.array(style)}
 
 
+def withhold(cond, names):
+    """The condition dict with the named conditions replaced by their null (zeros): an ablation's input."""
+    unknown = set(names) - NULLS.keys()
+    if unknown:
+        raise ValueError(f"unknown condition(s) {sorted(unknown)}; one of {sorted(NULLS)}")
+    return {k: NULLS[k](v) if k in names else v for k, v in cond.items()}
+
+
 def sample(unet, diffusion, cond, noise, steps=20, sampler="dpmpp_2m", guidance=2.0, drop=("mask", "style"),
            strength=1.0, x_ref=None, spacing="logsnr"):
     """Latents from conditions: pure noise (strength 1) or `x_ref` noised to `strength`.

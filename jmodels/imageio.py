@@ -1,4 +1,4 @@
-"""Image helpers for training and evaluation: [-1, 1] arrays to uint8, PSNR, PNG grids written atomically."""
+"""Image helpers for training and evaluation: [-1, 1] arrays to uint8, PSNR, PNG grids and JPEGs written atomically."""
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,12 @@ def save_grid(rows, path, pad=2):
     with atomic_file(path) as f:
         Image.fromarray(grid).save(f, format="PNG")
     return Path(path)
+
+
+def save_jpeg(image, path):
+    """(H, W, 3) uint8 -> a JPEG as the contest entry writes them (quality 95, no chroma subsampling), atomically."""
+    with atomic_file(path) as f:
+        Image.fromarray(image).save(f, format="JPEG", quality=95, subsampling=0)
 
 
 def palette(num_classes=29, seed=3):

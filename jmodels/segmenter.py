@@ -47,14 +47,24 @@ class Segmenter(nn.Module):
                                  for i in reversed(range(len(widths) - 1))])
         self.head = nn.Conv2d(widths[0], c.num_classes, 1)
 
-    def execute(self, x):
-        """(B, 3, H, W) in [-1, 1] -> (B, 29, H, W) logits; sides must be multiples of the factor."""
+    def encode(self, x):
+        """(B, 3, H, W) in [-1, 1] -> the down path's outputs, finest first; sides multiples of the factor."""
         f = self.config.factor
         assert x.shape[2] % f == 0 and x.shape[3] % f == 0, f"image sides {x.shape[2]}x{x.shape[3]} must be multiples of {f}"
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else nn.pool(x, 2, "maximum", stride=2))
             skips.append(x)
+        return skips
+
+    def features(self, x):
+        """(B, 3, H, W) in [-1, 1] -> (B, C) the bottleneck averaged over space: the pooled features of a
+        Fréchet distance (as FID pools Inception's last block)."""
+        return self.encode(x)[-1].mean(dims=(2, 3))
+
+    def execute(self, x):
+        """(B, 3, H, W) in [-1, 1] -> (B, 29, H, W) logits; sides must be multiples of the factor."""
+        skips = self.encode(x)
         x = skips.pop()
         for block in self.up:
             x = block(jt.concat([upsample_nearest(x), skips.pop()], dim=1))

@@ -36,3 +36,31 @@ def train_dir(tmp_path):
         save_label(lab, tmp_path / "labels" / f"s{i}.png")
         Image.fromarray(rng.integers(0, 256, (384, 512, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"s{i}.jpg")
     return tmp_path
+
+
+def tiny_run(run, size=(64, 48)):
+    """A run folder with tiny random VAE and UNet checkpoints (vae/ckpt.npz, ldm/ckpt.npz), as test.py reads
+    them; weights perturbed away from init (a fresh UNet outputs zeros: a test would prove little)."""
+    from jmodels import checkpoint
+    from jmodels.checkpoint import state_arrays
+    from jmodels.conditioning import STYLE_DIM
+    from jmodels.diffusion import DiffusionConfig
+    from jmodels.unet import UNet, UNetConfig
+    from jmodels.vae import AutoencoderKL, VAEConfig
+    unet = UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=16, spade_hidden=16,
+                      norm_groups=8, style_dim=STYLE_DIM)
+    vae = VAEConfig(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4)
+
+    def perturbed(module, seed):
+        rng = np.random.default_rng(seed)
+        return {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32)
+                for k, v in state_arrays(module).items()}
+
+    vae_w, unet_w = perturbed(AutoencoderKL(vae), 0), perturbed(UNet(unet), 1)
+    train = {"size": list(size), "batch_size": 2}
+    checkpoint.save(Path(run) / "vae/ckpt.npz", {"kind": "vae", "step": 1, "config": vae.to_dict(), "latent_scale": 0.5,
+                                                 "val_psnr": 12.5, "train": train}, model=vae_w, ema=vae_w)
+    checkpoint.save(Path(run) / "ldm/ckpt.npz", {"kind": "ldm", "step": 1, "config": unet.to_dict(),
+                                                 "diffusion": DiffusionConfig().to_dict(), "latent_scale": 0.5,
+                                                 "train": train}, model=unet_w, ema=unet_w)
+    return Path(run)

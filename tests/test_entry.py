@@ -12,38 +12,16 @@ from jmodels.runtime import init_jittor
 jt = init_jittor(seed=0)
 import test as entry  # noqa: E402
 from jmodels import checkpoint  # noqa: E402
-from jmodels.checkpoint import state_arrays  # noqa: E402
 from jmodels.color import reinhard_transfer, rgb_to_lab  # noqa: E402
-from jmodels.conditioning import STYLE_DIM  # noqa: E402
-from jmodels.diffusion import DiffusionConfig  # noqa: E402
-from jmodels.unet import UNet, UNetConfig  # noqa: E402
-from jmodels.vae import AutoencoderKL, VAEConfig  # noqa: E402
 from tools.average_checkpoints import average  # noqa: E402
 from tools.make_demo_data import make_demo  # noqa: E402
-
-UNET = UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=16, spade_hidden=16,
-                  norm_groups=8, style_dim=STYLE_DIM)
-VAE = VAEConfig(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4)
-
-
-def perturbed(module, seed):
-    """Random non-zero weights everywhere (a fresh UNet outputs zeros: the test would prove little)."""
-    rng = np.random.default_rng(seed)
-    return {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in state_arrays(module).items()}
-
+from conftest import tiny_run  # noqa: E402
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("entry")
     demo = make_demo(root / "demo", n_train=4, n_test=5, seed=1)
-    run = root / "run"
-    vae_w, unet_w = perturbed(AutoencoderKL(VAE), 0), perturbed(UNet(UNET), 1)
-    checkpoint.save(run / "vae/ckpt.npz", {"kind": "vae", "step": 1, "config": VAE.to_dict(), "latent_scale": 0.5},
-                    model=vae_w, ema=vae_w)
-    meta = {"kind": "ldm", "step": 1, "config": UNET.to_dict(), "diffusion": DiffusionConfig().to_dict(),
-            "latent_scale": 0.5, "train": {"size": [64, 48]}}
-    checkpoint.save(run / "ldm/ckpt.npz", meta, model=unet_w, ema=unet_w)
-    return demo, run
+    return demo, tiny_run(root / "run")
 
 
 def run_entry(setup, out, *extra):
@@ -104,6 +82,33 @@ def test_bad_inputs_stop_before_any_network_work(setup, tmp_path):
                         str(tmp_path / "r"), "--run", str(half)])
         (half / "vae").mkdir(parents=True, exist_ok=True)
         (half / "vae/ckpt.npz").write_bytes((run / "vae/ckpt.npz").read_bytes())
+
+
+def test_without_style_the_reference_no_longer_matters(setup, tmp_path):
+    """From pure noise and without colour transfer, the reference reaches the output only through the style
+    input: with --without style, swapping the references leaves every output byte-identical."""
+    import json
+    import shutil
+    demo, run = setup
+    swapped = tmp_path / "swapped"
+    shutil.copytree(demo / "test", swapped)
+    path = next(swapped.rglob("label_to_img.json"))
+    mapping = json.loads(path.read_text())
+    names = sorted(mapping)
+    path.write_text(json.dumps({a: mapping[b] for a, b in zip(names, names[1:] + names[:1])}))
+    assert {mapping[n] for n in names} != {mapping[names[0]]}  # the demo's references differ
+
+    def outputs(test_dir, out, *extra):
+        entry.main(["--input_path", str(test_dir), "--img_path", str(demo / "train"), "--output_path", str(out),
+                    "--run", str(run), "--steps", "3", "--strength", "1", "--color_transfer", "0", "--zip", "0",
+                    *extra])
+        return digests(out)
+
+    assert outputs(demo / "test", tmp_path / "a", "--without", "style") == \
+        outputs(swapped, tmp_path / "b", "--without", "style")
+    assert outputs(demo / "test", tmp_path / "c") != outputs(swapped, tmp_path / "d")
+    with pytest.raises(SystemExit, match="--without colour: conditions are mask and style"):
+        outputs(demo / "test", tmp_path / "e", "--without", "colour")
 
 
 def test_calls_per_image_stay_within_40_by_default():

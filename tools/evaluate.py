@@ -10,7 +10,10 @@ judge (tools/train_segmenter.py), whose own held-out accuracy is printed beside 
 aesthetic only when given (the organisers' predictor is unpublished); FID (tools/fid.py, capped at
 100) against real images when the public FID Inception weights are given (`--fid_weights`), else
 left out and said so, never faked. The total is taken over the terms present, with the weight
-they cover.
+they cover. Beside the contest's terms, with a judge: the judge's Fréchet distance, the Fréchet
+distance between the judge's pooled bottleneck features of the outputs and of real images (the
+photos under --img_path except the test set's own stems): a realism figure that needs no
+downloaded weights, a stand-in for FID and not comparable with it.
 """
 import argparse
 import csv
@@ -33,6 +36,60 @@ def contest_total(mask, style=None, aesthetic=None, fid=None):
     return mask * sum(w * v for w, v in present), sum(w for w, _ in present)
 
 
+def real_images(img_path, exclude=(), limit=None):
+    """Real photos under `<img_path>/imgs` (or `img_path`), without the stems in `exclude`, sorted."""
+    import dataset
+    folder = Path(img_path) / "imgs" if (Path(img_path) / "imgs").is_dir() else Path(img_path)
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in dataset.IMAGE_EXTS and p.stem not in exclude)
+    if len(paths) < 2:
+        sys.exit(f"error: {folder}: a Fréchet distance needs real images, found {len(paths)}")
+    return paths[:limit]
+
+
+def judge_statistics(judge, images_uint8):
+    """Mean and covariance of the judge's pooled features of (N, H, W, 3) images at the judge's size."""
+    from tools.fid import statistics
+    from tools.train_segmenter import pooled_features
+    model, size, _ = judge
+    small = np.stack([np.asarray(Image.fromarray(im).resize(size, Image.BICUBIC)) for im in images_uint8])
+    return statistics(pooled_features(model, small))
+
+
+def score(results, items, judge=None, real_stats=None):
+    """Score the outputs `<results>/<stem>.jpg` of the test `items`.
+
+    judge: (model, size, meta) of tools/train_segmenter.load_judge, or None (no mask term).
+    real_stats: judge_statistics of real images, for the judge's Fréchet distance (with a judge).
+    Returns {"n", "style", "mask_accuracy", "judge_fd", "ms_style", "ms_mask", "rows"}; absent terms are None.
+    """
+    import dataset
+    from tools.fid import frechet_distance
+    from tools.style_metric import style_score
+    from tools.train_segmenter import predict
+    rows, outputs, t_style, t_mask = [], [], 0.0, 0.0
+    for it in items:
+        out, ref = dataset.read_image(results / f"{it.stem}.jpg"), dataset.read_image(it.reference)
+        t = time.perf_counter()
+        row = {"stem": it.stem, "style": style_score(out, ref)}
+        t_style += time.perf_counter() - t
+        if judge is not None:
+            t = time.perf_counter()
+            model, size, _ = judge
+            small = np.asarray(Image.fromarray(out).resize(size, Image.BICUBIC))[None]
+            label = np.asarray(Image.fromarray(dataset.read_label(it.label)).resize(size, Image.NEAREST))
+            row["mask_accuracy"] = float((predict(model, small)[0] == label).mean())
+            t_mask += time.perf_counter() - t
+            outputs.append(out)
+        rows.append(row)
+    n = len(rows)
+    mask = float(np.mean([r["mask_accuracy"] for r in rows])) if judge is not None else None
+    fd = None
+    if judge is not None and real_stats is not None:
+        fd = float(frechet_distance(*judge_statistics(judge, np.stack(outputs)), *real_stats))
+    return dict(n=n, style=float(np.mean([r["style"] for r in rows])), mask_accuracy=mask, judge_fd=fd,
+                ms_style=1000 * t_style / n, ms_mask=1000 * t_mask / n, rows=rows)
+
+
 def frechet_to_real(args, results, items):
     """FID between the outputs and real images (at most --fid_max_real), and the seconds per output."""
     import dataset
@@ -40,10 +97,7 @@ def frechet_to_real(args, results, items):
     init_jittor()
     from tools.fid import features, frechet_distance, load_fid_inception, statistics
     model = load_fid_inception(args.fid_weights)
-    real_dir = Path(args.fid_real) if args.fid_real else Path(args.img_path) / "imgs"
-    real = sorted(p for p in real_dir.iterdir() if p.suffix.lower() in dataset.IMAGE_EXTS)[:args.fid_max_real]
-    if len(real) < 2:
-        sys.exit(f"error: {real_dir}: FID needs real images, found {len(real)}")
+    real = real_images(args.fid_real or args.img_path, {it.stem for it in items}, args.fid_max_real)
     t = time.perf_counter()
     fake = features(model, [dataset.read_image(results / f"{it.stem}.jpg") for it in items])
     t_fid = time.perf_counter() - t
@@ -60,11 +114,10 @@ def main(argv=None):
     ap.add_argument("--aesthetic", type=float, default=None, help="aesthetic score in 0..1, if known")
     ap.add_argument("--csv", default=None, help="per-image scores (default: <results>.csv beside the folder)")
     ap.add_argument("--fid_weights", default=None, help="pytorch-fid's Inception weights file; absent: no FID")
-    ap.add_argument("--fid_real", default=None, help="real images for FID (default: <img_path>/imgs)")
+    ap.add_argument("--fid_real", default=None, help="real images for FID (default: <img_path>/imgs less the test stems)")
     ap.add_argument("--fid_max_real", type=int, default=2000, help="at most this many real images")
     args = ap.parse_args(argv)
     import dataset
-    from tools.style_metric import style_score
     results = Path(args.results)
     try:
         items = dataset.list_test_items(args.input_path, args.img_path)
@@ -73,52 +126,42 @@ def main(argv=None):
     missing = [it.stem for it in items if not (results / f"{it.stem}.jpg").is_file()]
     if missing:
         sys.exit(f"error: {results}: {len(missing)} output(s) missing, e.g. {missing[0]}.jpg")
-    judge = None
+    judge, real_stats = None, None
     if Path(args.judge).is_file():
         from jmodels.runtime import init_jittor
         init_jittor()
-        from tools.train_segmenter import load_judge, predict
-        judge, judge_size, judge_meta = load_judge(args.judge)
-    rows, t_style, t_mask = [], 0.0, 0.0
-    for it in items:
-        out, ref = dataset.read_image(results / f"{it.stem}.jpg"), dataset.read_image(it.reference)
-        t = time.perf_counter()
-        row = {"stem": it.stem, "style": style_score(out, ref)}
-        t_style += time.perf_counter() - t
-        if judge is not None:
-            t = time.perf_counter()
-            small = np.asarray(Image.fromarray(out).resize(judge_size, Image.BICUBIC))[None]
-            label = np.asarray(Image.fromarray(dataset.read_label(it.label)).resize(judge_size, Image.NEAREST))
-            row["mask_accuracy"] = float((predict(judge, small)[0] == label).mean())
-            t_mask += time.perf_counter() - t
-        rows.append(row)
-    n = len(rows)
-    style = float(np.mean([r["style"] for r in rows]))
-    print(f"{n} images in {results}")
-    print(f"  style (histogram correlation)  {style:8.4f}   {1000 * t_style / n:6.1f} ms/image")
+        from tools.train_segmenter import load_judge
+        judge = load_judge(args.judge)
+        reals = real_images(args.img_path, exclude={it.stem for it in items}, limit=args.fid_max_real)
+        real_stats = judge_statistics(judge, np.stack([dataset.read_image(p) for p in reals]))
+    s = score(results, items, judge, real_stats)
+    print(f"{s['n']} images in {results}")
+    print(f"  style (histogram correlation)  {s['style']:8.4f}   {s['ms_style']:6.1f} ms/image")
     if judge is not None:
-        mask = float(np.mean([r["mask_accuracy"] for r in rows]))
-        print(f"  mask accuracy (stand-in judge) {mask:8.4f}   {1000 * t_mask / n:6.1f} ms/image; the judge's own "
-              f"held-out accuracy {judge_meta['held_out_accuracy']:.4f} (recoloured "
-              f"{judge_meta['held_out_accuracy_recoloured']:.4f})")
+        meta = judge[2]
+        print(f"  mask accuracy (stand-in judge) {s['mask_accuracy']:8.4f}   {s['ms_mask']:6.1f} ms/image; the judge's "
+              f"own held-out accuracy {meta['held_out_accuracy']:.4f} (recoloured "
+              f"{meta['held_out_accuracy_recoloured']:.4f})")
+        print(f"  judge Fréchet distance         {s['judge_fd']:8.4f}   (stand-in for FID: the judge's pooled "
+              f"features against {len(reals)} real images; not comparable with FID)")
     else:
-        mask = None
         print(f"  mask accuracy: left out (no judge at {args.judge}; tools/train_segmenter.py makes one)")
     fid = None
     if args.fid_weights:
         fid, t_fid = frechet_to_real(args, results, items)
-        print(f"  FID (capped at 100)            {min(fid, 100.0):8.4f}   {1000 * t_fid / n:6.1f} ms/image (raw {fid:.2f})")
+        print(f"  FID (capped at 100)            {min(fid, 100.0):8.4f}   {1000 * t_fid / s['n']:6.1f} ms/image "
+              f"(raw {fid:.2f})")
     else:
         print("  FID: left out (pass --fid_weights, the public FID Inception weights file)")
     print(f"  aesthetic: {args.aesthetic:.4f} (given)" if args.aesthetic is not None else "  aesthetic: left out (not given)")
-    if mask is not None:
-        total, weight = contest_total(mask, style, args.aesthetic, fid)
+    if judge is not None:
+        total, weight = contest_total(s["mask_accuracy"], s["style"], args.aesthetic, fid)
         print(f"  total over the present terms   {total:8.4f}   (they carry {weight:.1f} of the bracket's 1.0)")
     path = Path(args.csv) if args.csv else results.parent / f"{results.name}.csv"
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(s["rows"][0]))
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(s["rows"])
     print(f"  per image: {path}")
 
 

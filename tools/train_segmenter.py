@@ -21,7 +21,7 @@ DEFAULTS = dict(
     data="data/demo/train", out="runs/judge",
     size=(128, 96), holdout=0.1,
     ch=32, ch_mult=(1, 2, 4, 8), norm_groups=8,
-    batch_size=8, lr=1e-3, max_steps=1500, p_recolour=0.8,
+    batch_size=8, lr=1e-3, max_steps=2000, p_recolour=0.8,
     log_every=25, eval_every=500, seed=0, workers=2,
 )
 
@@ -37,15 +37,24 @@ def recolour(images_uint8, rng, p):
     return out
 
 
-def predict(model, images_uint8, batch_size=16):
-    """(N, H, W, 3) uint8 -> (N, H, W) predicted class ids."""
+def _batched(fn, images_uint8, batch_size):
     import jittor as jt
-    preds = []
+    out = []
     with jt.no_grad():
         for i in range(0, len(images_uint8), batch_size):
             x = images_uint8[i:i + batch_size].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-            preds.append(model(jt.array(x)).argmax(1)[0].numpy())
-    return np.concatenate(preds)
+            out.append(fn(jt.array(x)).numpy())
+    return np.concatenate(out)
+
+
+def predict(model, images_uint8, batch_size=16):
+    """(N, H, W, 3) uint8 -> (N, H, W) predicted class ids."""
+    return _batched(lambda x: model(x).argmax(1)[0], images_uint8, batch_size)
+
+
+def pooled_features(model, images_uint8, batch_size=16):
+    """(N, H, W, 3) uint8 -> (N, C) float64 pooled bottleneck features (Segmenter.features)."""
+    return _batched(model.features, images_uint8, batch_size).astype(np.float64)
 
 
 def held_out_accuracy(model, val):

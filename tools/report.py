@@ -1,0 +1,216 @@
+"""Score a trained run on its held-out pairs against baselines and ablations: <run>/report.md + PNG grids.
+
+    python tools/report.py --run runs/small --data ../shared/data/gaugan_proxy --test runs/small/holdout_test \
+                           [--results runs/small/results] [--judge runs/judge/ckpt.npz] [--flags "..."]
+
+Rows of the table, all on the same held-out labels and references (tools/holdout_test.py):
+  generated      test.py's outputs (--results), made with the run's checkpoints and --flags
+  ablations      test.py again with one change each: no style input, pure noise start (strength 1),
+                 no colour transfer, guidance off; written under <run>/report/<name>/
+  (a) real       the held-out photos themselves: the ceiling
+  (b) pasted     the reference photo unchanged
+  (c) flat fill  each class of the label filled with its mean colour in the reference (where the
+                 reference's label map has it, else the class's mean colour over the training photos)
+Scores (tools/evaluate.score): style, the stand-in judge's mask accuracy, the judge's Fréchet distance
+to the training photos (a stand-in for FID, not comparable with it), and the contest total over those
+terms. Also the VAE's held-out reconstruction PSNR and the wall time of each stage (<run>/times.tsv).
+"""
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ABLATIONS = {  # name: test.py flags that make the one change
+    "no style input": ["--without", "style"],
+    "pure noise start": ["--strength", "1"],
+    "no colour transfer": ["--color_transfer", "0"],
+    "guidance off": ["--guidance", "1"],
+}
+GRID_ROWS = 8
+
+
+def class_mean_colours(images, labels, num_classes=29):
+    """(num_classes, 3) mean RGB of each class over the given photos and label maps (NaN where absent)."""
+    sums, counts = np.zeros((num_classes, 3)), np.zeros(num_classes)
+    for im, lb in zip(images, labels):
+        counts += np.bincount(lb.ravel(), minlength=num_classes)[:num_classes]
+        for c in range(3):
+            sums[:, c] += np.bincount(lb.ravel(), im[..., c].ravel().astype(np.float64), num_classes)[:num_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None]
+
+
+def flat_fill(label, ref, ref_label, fallback):
+    """Baseline (c): each class of `label` painted with its mean colour in `ref` (where `ref_label` has the
+    class), else with `fallback[class]`, else with the reference's mean colour. -> (H, W, 3) uint8."""
+    own = class_mean_colours([ref], [ref_label]) if ref_label is not None else np.full_like(fallback, np.nan)
+    colours = np.where(np.isnan(own), fallback, own)
+    colours = np.where(np.isnan(colours), ref.reshape(-1, 3).mean(0), colours)
+    return (colours[label] + 0.5).clip(0, 255).astype(np.uint8)
+
+
+def run_test(args, out, extra):
+    """test.py on the held-out test folder with the run's checkpoints; resumes what an earlier report wrote."""
+    cmd = [sys.executable, str(ROOT / "test.py"), "--input_path", args.test, "--img_path", args.data,
+           "--output_path", str(out), "--run", args.run, "--resume", "1", "--zip", "0",
+           *shlex.split(args.flags), *extra]
+    t = time.time()
+    subprocess.run(cmd, check=True)
+    return time.time() - t
+
+
+def stage_times(run):
+    """{stage: total seconds} from run.sh's <run>/times.tsv (a resumed stage has several lines)."""
+    path = Path(run) / "times.tsv"
+    totals = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            stage, secs = line.split("\t")[:2]
+            totals[stage] = totals.get(stage, 0) + int(secs)
+    return totals
+
+
+def params(groups, name="model"):
+    return sum(int(np.prod(a.shape)) for a in groups[name].values())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="run folder with vae/ and ldm/ checkpoints")
+    ap.add_argument("--data", required=True, help="training root (imgs/, labels/) the test folder was cut from")
+    ap.add_argument("--test", required=True, help="held-out test folder (tools/holdout_test.py)")
+    ap.add_argument("--results", default=None, help="test.py's outputs (default: <run>/results)")
+    ap.add_argument("--judge", default="runs/judge/ckpt.npz", help="stand-in segmenter (tools/train_segmenter.py)")
+    ap.add_argument("--flags", default="", help="the test.py flags the results were made with")
+    args = ap.parse_args(argv)
+    import dataset
+    from jmodels import checkpoint
+    from jmodels.imageio import colorize, save_grid, save_jpeg
+    from jmodels.runtime import init_jittor
+    from tools.evaluate import contest_total, judge_statistics, real_images, score
+    from tools.train_segmenter import load_judge
+
+    run, out = Path(args.run), Path(args.run) / "report"
+    results = Path(args.results) if args.results else run / "results"
+    if not Path(args.judge).is_file():
+        sys.exit(f"error: {args.judge}: no judge; train one first: "
+                 f"python tools/train_segmenter.py --data {args.data} --out {Path(args.judge).parent}")
+    try:
+        items = dataset.list_test_items(args.test, args.data)
+        stems = [it.stem for it in items]
+        labels = [dataset.read_label(it.label) for it in items]
+        refs = [dataset.read_image(it.reference) for it in items]
+        ref_labels = [dataset.read_label(Path(args.data, "labels", f"{it.reference.stem}.png")) for it in items]
+        pairs = {p.stem: p for p in dataset.list_train_pairs(args.data)}
+        train_paths = real_images(args.data, exclude=set(stems))
+        train_images = [dataset.read_image(p) for p in train_paths]
+        train_labels = [dataset.read_label(pairs[p.stem].label) for p in train_paths]
+        vae_meta, vae_groups = checkpoint.load(run / "vae" / "ckpt.npz")
+        ldm_meta, ldm_groups = checkpoint.load(run / "ldm" / "ckpt.npz")
+    except (dataset.DataError, checkpoint.CheckpointError, KeyError) as e:
+        sys.exit(f"error: {e}")
+    missing = [s for s in stems if not (results / f"{s}.jpg").is_file()]
+    if missing:
+        sys.exit(f"error: {results}: {len(missing)} output(s) missing, e.g. {missing[0]}.jpg; run test.py first")
+
+    t0 = time.time()
+    fallback = class_mean_colours(train_images, train_labels)
+    for name, paths in (("real", [pairs[s].image for s in stems]), ("pasted", [it.reference for it in items])):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for s, path in zip(stems, paths):  # the files themselves, not re-encoded
+            shutil.copyfile(path, out / name / f"{s}.jpg")
+    (out / "flat_fill").mkdir(parents=True, exist_ok=True)
+    for s, lb, r, rl in zip(stems, labels, refs, ref_labels):
+        save_jpeg(flat_fill(lb, r, rl, fallback), out / "flat_fill" / f"{s}.jpg")
+    folders = {"generated": results}
+    for name, flags in ABLATIONS.items():
+        folder = out / name.replace(" ", "_")
+        secs = run_test(args, folder, flags)
+        print(f"ablation {name!r}: {secs:.0f} s -> {folder}")
+        folders[name] = folder
+    folders.update({"(a) real held-out photos": out / "real", "(b) reference pasted": out / "pasted",
+                    "(c) flat per-class colour fill": out / "flat_fill"})
+
+    init_jittor()
+    judge = load_judge(args.judge)
+    real_stats = judge_statistics(judge, np.stack(train_images))
+    scores = {name: score(folder, items, judge, real_stats) for name, folder in folders.items()}
+
+    cell = (128, 96)
+
+    def read(folder, stem):
+        return np.asarray(Image.open(folder / f"{stem}.jpg").convert("RGB").resize(cell, Image.BICUBIC))
+
+    rows = []
+    for i in range(min(GRID_ROWS, len(items))):
+        rows.append([colorize(np.asarray(Image.fromarray(labels[i]).resize(cell, Image.NEAREST))),
+                     np.asarray(Image.fromarray(refs[i]).resize(cell, Image.BICUBIC))]
+                    + [read(folders[k], stems[i]) for k in folders if k != "(b) reference pasted"])
+    save_grid(rows, out / "grid.png")
+    report_secs = time.time() - t0
+
+    gen = scores["generated"]
+    lines = [f"# Report: {run}", "",
+             f"{len(items)} held-out pairs of `{args.data}` (never trained on), each with another held-out "
+             f"photo as the reference (`{args.test}`). Generated at {tuple(ldm_meta['train']['size'])}, "
+             f"upscaled to 512x384. test.py flags: `{args.flags or '(defaults)'}`.", "",
+             "| | style | mask accuracy | judge FD (stand-in for FID) | total of these terms |",
+             "|---|---:|---:|---:|---:|"]
+    for name, s in scores.items():
+        total, _ = contest_total(s["mask_accuracy"], s["style"])
+        lines.append(f"| {name} | {s['style']:.4f} | {s['mask_accuracy']:.4f} | {s['judge_fd']:.2f} | {total:.4f} |")
+    lines += ["", "What each ablation costs (ablation minus generated; negative FD change = more realistic):", "",
+              "| ablation | style | mask accuracy | judge FD |", "|---|---:|---:|---:|"]
+    for name in ABLATIONS:
+        s = scores[name]
+        lines.append(f"| {name} (`{' '.join(ABLATIONS[name])}`) | {s['style'] - gen['style']:+.4f} | "
+                     f"{s['mask_accuracy'] - gen['mask_accuracy']:+.4f} | {s['judge_fd'] - gen['judge_fd']:+.2f} |")
+    judge_meta = judge[2]
+    seen = set(stems) - set(judge_meta.get("held_out", []))
+    if seen:
+        print(f"warning: the judge was trained on {len(seen)} of these {len(stems)} labels' photos; "
+              "its mask accuracy flatters every row")
+    times = stage_times(run)
+    lines += ["", "Terms: style = the contest's histogram correlation with the reference; mask accuracy = pixel "
+              f"accuracy of the stand-in judge (`{args.judge}`, its own held-out accuracy "
+              f"{judge_meta['held_out_accuracy']:.4f}, recoloured {judge_meta['held_out_accuracy_recoloured']:.4f}); "
+              f"judge FD = Fréchet distance between the judge's pooled bottleneck features of the outputs and of "
+              f"the {len(train_images)} training photos (a stand-in for FID, on another scale; with "
+              f"{len(items)} images it carries a sample-size floor, see row (a)); total = mask x 0.3 x "
+              "(0.5 style + 0.5), the contest formula over these two terms (0.3 of its bracket)." +
+              (f" **The judge was trained on {len(seen)} of these photos: its accuracies flatter every row.**"
+               if seen else " The judge never trained on these photos."), "",
+              "## Stages", "",
+              f"- VAE: {params(vae_groups) / 1e6:.2f} M parameters, "
+              f"{vae_meta['step']} steps, batch {vae_meta['train']['batch_size']} at {tuple(vae_meta['train']['size'])}; "
+              f"held-out reconstruction PSNR **{vae_meta['val_psnr']:.2f} dB** (EMA weights, posterior mean, "
+              "at the training size).",
+              f"- LDM: {params(ldm_groups) / 1e6:.2f} M parameters, {ldm_meta['step']} steps, batch "
+              f"{ldm_meta['train']['batch_size']}, latents {ldm_meta['train']['size'][0] // 8}x"
+              f"{ldm_meta['train']['size'][1] // 8}.",
+              "- Wall time (run.sh's times.tsv): " + (", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+                                                       or "not recorded") + f"; this report {report_secs / 60:.1f} min.",
+              "", "## Grids", "",
+              "`report/grid.png`, one held-out pair per row: label | reference | " +
+              " | ".join(k for k in folders if k != "(b) reference pasted") + ".", "",
+              "![grid](report/grid.png)", "",
+              "Training grids: `vae/samples/` (input | EMA | raw reconstruction), `ldm/samples/` (label | "
+              "reference | sample from noise | real photo)."]
+    from jmodels.atomic import atomic_file
+    with atomic_file(run / "report.md") as f:
+        f.write(("\n".join(lines) + "\n").encode())
+    print("\n".join(lines[:len(scores) + 10]))
+    print(f"-> {run / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
