@@ -128,5 +128,12 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
     refs = {it.stem: it.reference for it in dataset.list_test_items(tmp_path / "test", data)}
     for s in stems:
         assert (run / "report/pasted" / f"{s}.jpg").read_bytes() == refs[s].read_bytes()
+    stale = run / "report/no_style_input" / f"{stems[0]}.jpg"
+    Image.new("RGB", (512, 384), (9, 9, 9)).save(stale)  # a valid output, as older checkpoints made it
+    older = stale.read_bytes()
+    (run / "ldm/ckpt.npz").touch()  # retrained: the report must not keep the older ablation outputs
+    report.main(["--run", str(run), "--data", str(data), "--test", str(tmp_path / "test"),
+                 "--judge", str(judge), "--flags", "--steps 2"])
+    assert stale.read_bytes() != older
     with Image.open(run / "report/grid.png") as grid:
         assert grid.size[1] == 2 + 3 * (96 + 2)  # one row per held-out pair

@@ -16,6 +16,7 @@ to the training photos (a stand-in for FID, not comparable with it), and the con
 terms. Also the VAE's held-out reconstruction PSNR and the wall time of each stage (<run>/times.tsv).
 """
 import argparse
+import json
 import shlex
 import shutil
 import subprocess
@@ -66,6 +67,15 @@ def run_test(args, out, extra):
     t = time.time()
     subprocess.run(cmd, check=True)
     return time.time() - t
+
+
+def start_folder(out, stamp):
+    """Make `out` for outputs of the checkpoints and flags in `stamp`; empty it first when it holds another's."""
+    path = out / "made_from.json"
+    if out.exists() and (not path.is_file() or json.loads(path.read_text()) != stamp):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp))
 
 
 def stage_times(run):
@@ -122,7 +132,8 @@ def main(argv=None):
     if missing:
         sys.exit(f"error: {results}: {len(missing)} output(s) missing, e.g. {missing[0]}.jpg; run test.py first")
 
-    t0 = time.time()
+    t0 = time.time()  # ablations resume only outputs of these checkpoints and flags
+    start_folder(out, {"flags": args.flags, **{k: (run / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm")}})
     fallback = class_mean_colours(train_images, train_labels)
     for name, paths in (("real", [pairs[s].image for s in stems]), ("pasted", [it.reference for it in items])):
         (out / name).mkdir(parents=True, exist_ok=True)
