@@ -182,7 +182,8 @@ def torch_case(case, repeats, files):
 
 
 def conv_probe(backend, repeats):
-    """GFLOP/s of the peak probe conv (forward), the yardstick for the networks' forwards."""
+    """GFLOP/s of the peak probe conv: its forward (the yardstick for the networks' forwards) and its
+    training step (forward + the gradients of input and weights: 3x the forward's FLOPs)."""
     b, c, h, w = CONV
     x = np.random.default_rng(0).standard_normal(CONV).astype(np.float32)
     k = np.random.default_rng(1).standard_normal((c, c, 3, 3)).astype(np.float32)
@@ -191,13 +192,18 @@ def conv_probe(backend, repeats):
         jt = init_jittor()
         xj, kj = jt.array(x), jt.array(k)
         t = median_time(lambda: jt.nn.conv2d(xj, kj, padding=1).sync(), max(repeats, 5))
+        t_train = median_time(lambda: jt.sync(jt.grad(jt.nn.conv2d(xj, kj, padding=1).sum(), [xj, kj])),
+                              max(repeats, 5))
     else:
         import torch
         torch.set_num_threads(os.cpu_count())
-        xt, kt = torch.from_numpy(x), torch.from_numpy(k)
+        xt, kt = torch.from_numpy(x).requires_grad_(), torch.from_numpy(k).requires_grad_()
         with torch.no_grad():
             t = median_time(lambda: torch.nn.functional.conv2d(xt, kt, padding=1), max(repeats, 5))
-    return {"gflops": 2 * b * c * c * 9 * h * w / t / 1e9}
+        t_train = median_time(lambda: torch.autograd.grad(torch.nn.functional.conv2d(xt, kt, padding=1).sum(),
+                                                          [xt, kt]), max(repeats, 5))
+    flop = 2 * b * c * c * 9 * h * w
+    return {"gflops": flop / t / 1e9, "train_gflops": 3 * flop / t_train / 1e9}
 
 
 def run_child(python, backend, case, repeats, files):
@@ -210,7 +216,7 @@ def run_child(python, backend, case, repeats, files):
     return json.loads(line[7:])
 
 
-def report(case, jr, tr, peak):
+def report(case, jr, tr, peak, train_peak):
     net, name, _, _, b, _ = case
     label = f"{net} {name}"
     if "error" in jr:
@@ -229,6 +235,10 @@ def report(case, jr, tr, peak):
         line += (f", torch {tr['peak_mb']:.0f} MB; {tr['gflop']:.1f} GFLOP per forward: jittor {jg:.0f} GFLOP/s"
                  + (f" ({100 * jg / peak:.0f}% of the conv's)" if peak else "") + f", torch {tg:.0f}"
                  + f"; twin max diff {tr['max_diff']:.1e}")
+        if "train" in jr and "train" in tr:  # a training step does about 3x the forward's FLOPs
+            jg, tg = 3 * tr["gflop"] / jr["train"], 3 * tr["gflop"] / tr["train"]
+            line += (f"; training step: jittor {jg:.0f} GFLOP/s"
+                     + (f" ({100 * jg / train_peak:.0f}% of the conv's)" if train_peak else "") + f", torch {tg:.0f}")
     elif "error" in tr:
         line += f"; torch failed: {tr['error']}"
     print(line)
@@ -261,16 +271,17 @@ def main():
     probes = {k: run_child(py, k, -1, args.repeats, "") for k, py in
               (("jittor", sys.executable), ("torch", args.torch_python)) if k == "jittor" or has_torch}
     peak = max(p.get("gflops", 0.0) for p in probes.values())
-    print("3x3 conv 128->128, batch 4, 64x64: " + ", ".join(f"{k} {p['gflops']:.0f} GFLOP/s" if "gflops" in p
-                                                           else f"{k} failed" for k, p in probes.items())
-          + f" (the machine's conv figure: {peak:.0f})")
+    train_peak = max(p.get("train_gflops", 0.0) for p in probes.values())
+    print("3x3 conv 128->128, batch 4, 64x64, forward | training step: " + ", ".join(
+        f"{k} {p['gflops']:.0f} | {p['train_gflops']:.0f} GFLOP/s" if "gflops" in p else f"{k} failed"
+        for k, p in probes.items()) + f" (the machine's conv figures: {peak:.0f} | {train_peak:.0f})")
     print(f"{'case':22s} {'batch':>5s} {'':8s} {'jittor s':>9s} {'torch s':>9s} {'ratio':>6s}   (seconds per image)")
     for i in (int(c) for c in args.cases.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             files = os.path.join(tmp, "case.npz")
             jr = run_child(sys.executable, "jittor", i, args.repeats, files)
             tr = run_child(args.torch_python, "torch", i, args.repeats, files) if has_torch and "error" not in jr else {}
-        report(CASES[i], jr, tr, peak)
+        report(CASES[i], jr, tr, peak, train_peak)
 
 
 if __name__ == "__main__":
