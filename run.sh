@@ -23,7 +23,7 @@ LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: REA
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
 FORCE=${FORCE:-}              # stages to redo: data check vae ldm test report
-JUDGE=${JUDGE:-runs/judge/ckpt.npz}  # the report's stand-in judge; trained on DATA's split when absent
+JUDGE=${JUDGE:-runs/judge}    # the report's stand-in judge (<folder>/ckpt.npz), trained on DATA when absent
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
 NP=${NP:-${GPUS:-1}}          # training processes on any device (CPU: NP=2); > 1 launches through mpirun
 # -------------------------------------------------------------------------------------------
@@ -50,6 +50,11 @@ banner() { printf '\n== %s ==\n' "$*"; }
 timed() {  # timed STAGE CMD...: run CMD, append its wall time to $RUN/times.tsv (a resumed stage adds a line)
     local t0=$SECONDS; "${@:2}"; printf '%s\t%d\t%s\n' "$1" $((SECONDS - t0)) "$(date -Is)" >> "$RUN/times.tsv"
 }
+redo() {  # redo STAGE PATH...: a forced stage starts over: its outputs and its recorded times go
+    rm -rf "${@:2}"; [ ! -f "$RUN/times.tsv" ] || sed -i "/^$1\t/d" "$RUN/times.tsv"
+}
+REPORT=""                     # set below when the test folder is made from held-out pairs
+if forced vae || forced ldm; then FORCE="$FORCE test report"; fi  # new weights: new outputs
 
 if [ -z "$DATA" ]; then
     DATA="$DEMO/train"
@@ -61,7 +66,7 @@ if [ -z "$DATA" ]; then
 fi
 
 if [ ! -f "$RUN/data_check.txt" ] || forced check; then
-    CHECK_TEST=${TEST/#holdout/}  # a held-out test set is made from DATA after training
+    CHECK_TEST=$TEST; [ "$TEST" != holdout ] || CHECK_TEST=""  # made from DATA after training
     banner "check: reading every file of $DATA${CHECK_TEST:+ and $CHECK_TEST}"
     $PY dataset.py "$DATA" ${CHECK_TEST:+--test "$CHECK_TEST"} | tee "$RUN/data_check.txt.tmp"
     mv "$RUN/data_check.txt.tmp" "$RUN/data_check.txt"
@@ -69,11 +74,11 @@ fi
 
 # Training stages resume from their checkpoint and return at once when finished.
 banner "vae: stage 1, the autoencoder -> $RUN/vae/ckpt.npz"
-forced vae && rm -rf "$RUN/vae"
+! forced vae || redo vae "$RUN/vae"
 timed vae $TRAIN train_vae.py --data "$DATA" --out "$RUN/vae" $SCALE_VAE $VAE_FLAGS
 
 banner "ldm: stage 2, the conditional UNet -> $RUN/ldm/ckpt.npz"
-forced ldm && rm -rf "$RUN/ldm"
+! forced ldm || redo ldm "$RUN/ldm"
 timed ldm $TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $SCALE_LDM $LDM_FLAGS
 
 if [ "$TEST" = holdout ]; then
@@ -89,18 +94,20 @@ if [ -z "$TEST" ]; then
     echo "test: skipped (no TEST folder given)"
 else
     banner "test: the contest entry -> $RESULTS and $RESULTS.zip"
-    forced test && rm -rf "$RESULTS" "$RESULTS.zip"
+    if forced test || [ "$RUN/ldm/ckpt.npz" -nt "$RESULTS" ]; then  # outputs of older weights are not kept
+        redo test "$RESULTS" "$RESULTS.zip"
+    fi
     timed test $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
 fi
 
-if [ -n "${REPORT:-}" ] && { [ ! -f "$RUN/report.md" ] || forced report; }; then
-    if [ ! -f "$JUDGE" ]; then
-        banner "judge: the stand-in segmenter that scores layouts -> $JUDGE"
-        timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$(dirname "$JUDGE")"
+if [ -n "$REPORT" ] && { [ ! -f "$RUN/report.md" ] || forced report || [ "$RUN/ldm/ckpt.npz" -nt "$RUN/report.md" ]; }; then
+    if [ ! -f "$JUDGE/ckpt.npz" ]; then
+        banner "judge: the stand-in segmenter that scores layouts -> $JUDGE/ckpt.npz"
+        timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE"
     fi
     banner "report: held-out scores against baselines and ablations -> $RUN/report.md"
     timed report $PY tools/report.py --run "$RUN" --data "$DATA" --test "$TEST" --results "$RESULTS" \
-        --judge "$JUDGE" --flags "$TEST_FLAGS"
+        --judge "$JUDGE/ckpt.npz" --flags "$TEST_FLAGS"
 fi
 
 banner "done: $RUN, $RESULTS.zip${REPORT:+, $RUN/report.md}"

@@ -38,9 +38,10 @@ def train_dir(tmp_path):
     return tmp_path
 
 
-def tiny_run(run, size=(64, 48)):
+def tiny_run(run, size=(64, 48), **train):
     """A run folder with tiny random VAE and UNet checkpoints (vae/ckpt.npz, ldm/ckpt.npz), as test.py reads
-    them; weights perturbed away from init (a fresh UNet outputs zeros: a test would prove little)."""
+    them; weights perturbed away from init (a fresh UNet outputs zeros: a test would prove little).
+    `train`: more of the training config both checkpoints record (data, holdout, seed)."""
     from jmodels import checkpoint
     from jmodels.checkpoint import state_arrays
     from jmodels.conditioning import STYLE_DIM
@@ -57,7 +58,7 @@ def tiny_run(run, size=(64, 48)):
                 for k, v in state_arrays(module).items()}
 
     vae_w, unet_w = perturbed(AutoencoderKL(vae), 0), perturbed(UNet(unet), 1)
-    train = {"size": list(size), "batch_size": 2}
+    train = {"size": list(size), "batch_size": 2, **train}
     checkpoint.save(Path(run) / "vae/ckpt.npz", {"kind": "vae", "step": 1, "config": vae.to_dict(), "latent_scale": 0.5,
                                                  "val_psnr": 12.5, "train": train}, model=vae_w, ema=vae_w)
     checkpoint.save(Path(run) / "ldm/ckpt.npz", {"kind": "ldm", "step": 1, "config": unet.to_dict(),

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import tiny_run
 from jmodels.runtime import init_jittor
 
 jt = init_jittor(seed=0)
@@ -15,7 +16,7 @@ from jmodels import checkpoint  # noqa: E402
 from jmodels.color import reinhard_transfer, rgb_to_lab  # noqa: E402
 from tools.average_checkpoints import average  # noqa: E402
 from tools.make_demo_data import make_demo  # noqa: E402
-from conftest import tiny_run  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

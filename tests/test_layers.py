@@ -95,3 +95,9 @@ def test_modulated_silu_matches_the_closed_form_with_gradients(with_scale):
     grads = jt.grad((out * jt.array(dy.astype(np.float32))).sum(), list(args))
     for got, ref in zip([out] + grads, want):
         np.testing.assert_allclose(got.numpy(), ref, rtol=1e-4, atol=1e-5)
+    # independent of the derivation above: float64 inputs take Jittor's own ops and autograd (the GPU's path)
+    args64 = [jt.array(a) for a in ((x, g, b, s, t) if with_scale else (x, g, b))]
+    out64 = layers.modulated_silu(*args64)
+    grads64 = jt.grad((out64 * jt.array(dy)).sum(), args64)
+    for got, ref in zip([out] + grads, [out64] + grads64):
+        np.testing.assert_allclose(got.numpy(), ref.numpy().reshape(got.shape), rtol=1e-4, atol=1e-5)

@@ -75,9 +75,9 @@ def test_stage_times_sum_the_resumed_stages(tmp_path):
     assert report.stage_times(tmp_path / "none") == {}
 
 
-def tiny_judge(path, held_out):
+def tiny_judge(path, held_out, data="x"):
     config = SegmenterConfig(ch=4, ch_mult=(1, 2), norm_groups=2)
-    meta = {"kind": "judge", "step": 1, "config": config.to_dict(), "size": [64, 48], "data": "x",
+    meta = {"kind": "judge", "step": 1, "config": config.to_dict(), "size": [64, 48], "data": str(data),
             "held_out": held_out, "held_out_accuracy": 0.5, "held_out_accuracy_recoloured": 0.4}
     return checkpoint.save(path, meta, model=state_arrays(Segmenter(config)))
 
@@ -102,18 +102,21 @@ def test_judge_features_are_pooled_bottlenecks_and_their_distance_vanishes_on_eq
 
 
 def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
+    import os
+    import time
+
     import test as entry
     data = demo / "train"
-    stems = [p.stem for p in dataset.list_train_pairs(data)][:3]
+    stems = dataset.split_stems(data, 0.5, 0)[1][:3]
     holdout_test.write(data, stems, tmp_path / "test", seed=0)
-    run = tiny_run(tmp_path / "run")
+    run = tiny_run(tmp_path / "run", data=str(data), holdout=0.5, seed=0)
     (run / "times.tsv").write_text("vae\t120\tx\nldm\t240\tx\n")
-    results = run / "results"
-    entry.main(["--input_path", str(tmp_path / "test"), "--img_path", str(data), "--output_path", str(results),
-                "--run", str(run), "--steps", "2"])
-    judge = tiny_judge(tmp_path / "judge.npz", held_out=stems[:1])
-    report.main(["--run", str(run), "--data", str(data), "--test", str(tmp_path / "test"),
-                 "--judge", str(judge), "--flags", "--steps 2"])
+    entry.main(["--input_path", str(tmp_path / "test"), "--img_path", str(data), "--output_path",
+                str(run / "results"), "--run", str(run), "--steps", "2"])
+    judge = tiny_judge(tmp_path / "judge.npz", held_out=stems[:1], data=data)
+    argv = ["--run", str(run), "--data", str(data), "--test", str(tmp_path / "test"), "--judge", str(judge),
+            "--flags", "--steps 2"]
+    report.main(argv)
     text = (run / "report.md").read_text()
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
     for name in ["generated", *report.ABLATIONS, "(a) real held-out photos", "(b) reference pasted",
@@ -128,12 +131,23 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
     refs = {it.stem: it.reference for it in dataset.list_test_items(tmp_path / "test", data)}
     for s in stems:
         assert (run / "report/pasted" / f"{s}.jpg").read_bytes() == refs[s].read_bytes()
-    stale = run / "report/no_style_input" / f"{stems[0]}.jpg"
-    Image.new("RGB", (512, 384), (9, 9, 9)).save(stale)  # a valid output, as older checkpoints made it
-    older = stale.read_bytes()
-    (run / "ldm/ckpt.npz").touch()  # retrained: the report must not keep the older ablation outputs
-    report.main(["--run", str(run), "--data", str(data), "--test", str(tmp_path / "test"),
-                 "--judge", str(judge), "--flags", "--steps 2"])
-    assert stale.read_bytes() != older
     with Image.open(run / "report/grid.png") as grid:
         assert grid.size[1] == 2 + 3 * (96 + 2)  # one row per held-out pair
+
+    stale = run / "report/no_style_vector" / f"{stems[0]}.jpg"
+    Image.new("RGB", (512, 384), (9, 9, 9)).save(stale)  # a valid output, as older checkpoints made it
+    older, ckpt = stale.read_bytes(), run / "ldm/ckpt.npz"
+    os.utime(ckpt, (time.time() - 60, time.time() - 60))  # other weights, still older than the outputs
+    report.main(argv)
+    assert stale.read_bytes() != older  # the report did not keep the other weights' ablation outputs
+
+    os.utime(ckpt, (time.time() + 60, time.time() + 60))  # retrained after test.py ran
+    with pytest.raises(SystemExit, match="older than the checkpoints"):
+        report.main(argv)
+    os.utime(ckpt, (time.time() - 60, time.time() - 60))
+    trained = dataset.split_stems(data, 0.5, 0)[0][:2]
+    holdout_test.write(data, trained, tmp_path / "seen", seed=0)
+    with pytest.raises(SystemExit, match="are pairs vae trained on"):
+        report.main(argv[:4] + ["--test", str(tmp_path / "seen")] + argv[6:])
+    with pytest.raises(SystemExit, match="was trained on x, not"):
+        report.main(argv[:6] + ["--judge", str(tiny_judge(tmp_path / "other.npz", []))] + argv[8:])

@@ -115,7 +115,8 @@ def main(argv=None):
     ap.add_argument("--csv", default=None, help="per-image scores (default: <results>.csv beside the folder)")
     ap.add_argument("--fid_weights", default=None, help="pytorch-fid's Inception weights file; absent: no FID")
     ap.add_argument("--fid_real", default=None, help="real images for FID (default: <img_path>/imgs less the test stems)")
-    ap.add_argument("--fid_max_real", type=int, default=2000, help="at most this many real images")
+    ap.add_argument("--fid_max_real", type=int, default=2000,
+                    help="at most this many real images (for FID and the judge's Fréchet distance)")
     args = ap.parse_args(argv)
     import dataset
     results = Path(args.results)

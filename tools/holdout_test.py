@@ -54,7 +54,9 @@ def main(argv=None):
     import dataset
     from jmodels.checkpoint import CheckpointError, load
     try:
-        train = load(args.ckpt)[0]["train"]
+        train = load(args.ckpt)[0].get("train")
+        if not train or not {"data", "holdout", "seed"} <= train.keys():
+            sys.exit(f"error: {args.ckpt}: no training config naming data, holdout and seed (not a training checkpoint)")
         _, held = dataset.split_stems(train["data"], train["holdout"], train["seed"])
         mapping = write(train["data"], held, args.out, train["seed"])
     except (CheckpointError, dataset.DataError, ValueError) as e:

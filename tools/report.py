@@ -30,13 +30,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ABLATIONS = {  # name: test.py flags that make the one change
-    "no style input": ["--without", "style"],
+ABLATIONS = {  # name: test.py flags that make the change
+    "no style vector": ["--without", "style"],
     "pure noise start": ["--strength", "1"],
     "no colour transfer": ["--color_transfer", "0"],
     "guidance off": ["--guidance", "1"],
+    "no reference at all": ["--without", "style", "--strength", "1", "--color_transfer", "0"],
 }
 GRID_ROWS = 8
+MAX_REAL = 2000  # training photos for the judge's Fréchet distance and the class colours, at most
 
 
 def class_mean_colours(images, labels, num_classes=29):
@@ -53,7 +55,7 @@ def class_mean_colours(images, labels, num_classes=29):
 def flat_fill(label, ref, ref_label, fallback):
     """Baseline (c): each class of `label` painted with its mean colour in `ref` (where `ref_label` has the
     class), else with `fallback[class]`, else with the reference's mean colour. -> (H, W, 3) uint8."""
-    own = class_mean_colours([ref], [ref_label]) if ref_label is not None else np.full_like(fallback, np.nan)
+    own = class_mean_colours([ref], [ref_label])
     colours = np.where(np.isnan(own), fallback, own)
     colours = np.where(np.isnan(colours), ref.reshape(-1, 3).mean(0), colours)
     return (colours[label] + 0.5).clip(0, 255).astype(np.uint8)
@@ -65,7 +67,8 @@ def run_test(args, out, extra):
            "--output_path", str(out), "--run", args.run, "--resume", "1", "--zip", "0",
            *shlex.split(args.flags), *extra]
     t = time.time()
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        sys.exit(f"error: test.py failed writing {out} (its messages are above)")
     return time.time() - t
 
 
@@ -90,7 +93,136 @@ def stage_times(run):
 
 
 def params(groups, name="model"):
+    """Parameter count of a checkpoint's weight group."""
     return sum(int(np.prod(a.shape)) for a in groups[name].values())
+
+
+def check_sources(args, run, stems, judge_meta):
+    """Stop unless the test labels are pairs both stages held out, the judge read the same data, and the
+    outputs exist and are newer than the checkpoints; -> (vae meta and groups, ldm meta and groups)."""
+    import dataset
+    from jmodels import checkpoint
+    try:
+        vae_meta, vae_groups = checkpoint.load(run / "vae" / "ckpt.npz")
+        ldm_meta, ldm_groups = checkpoint.load(run / "ldm" / "ckpt.npz")
+    except checkpoint.CheckpointError as e:
+        sys.exit(f"error: {e}")
+    data = Path(args.data).resolve()
+    for name, meta in (("vae", vae_meta), ("ldm", ldm_meta)):
+        train = meta.get("train", {})
+        if Path(train.get("data", "")).resolve() != data:
+            sys.exit(f"error: {run / name / 'ckpt.npz'} was trained on {train.get('data')}, not {args.data}")
+        trained = set(dataset.split_stems(data, train["holdout"], train["seed"])[0])
+        if trained & set(stems):
+            sys.exit(f"error: {args.test}: {len(trained & set(stems))} label(s) are pairs {name} trained on, e.g. "
+                     f"{sorted(trained & set(stems))[0]}; make the test folder with tools/holdout_test.py")
+    if Path(judge_meta["data"]).resolve() != data:
+        sys.exit(f"error: {args.judge} was trained on {judge_meta['data']}, not {args.data}: train one on it "
+                 f"(python tools/train_segmenter.py --data {args.data} --out <folder>)")
+    missing = [s for s in stems if not (args.results / f"{s}.jpg").is_file()]
+    if missing:
+        sys.exit(f"error: {args.results}: {len(missing)} output(s) missing, e.g. {missing[0]}.jpg; run test.py")
+    newest = max((run / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm"))
+    stale = [s for s in stems if (args.results / f"{s}.jpg").stat().st_mtime < newest]
+    if stale:
+        sys.exit(f"error: {args.results}: {len(stale)} output(s) are older than the checkpoints, e.g. {stale[0]}.jpg; "
+                 "make them again (FORCE=test bash run.sh)")
+    return (vae_meta, vae_groups), (ldm_meta, ldm_groups)
+
+
+def make_outputs(args, out, items, test_inputs, train_small):
+    """The baselines and the ablations as folders of <stem>.jpg: {row name: folder}, generated first."""
+    from jmodels.imageio import save_jpeg
+    stems = [it.stem for it in items]
+    labels, refs, ref_labels = test_inputs
+    folders = {"generated": args.results}
+    for name, flags in ABLATIONS.items():
+        folder = out / name.replace(" ", "_")
+        print(f"ablation {name!r}: {run_test(args, folder, flags):.0f} s -> {folder}")
+        folders[name] = folder
+    import dataset
+    pairs = {p.stem: p for p in dataset.list_train_pairs(args.data)}
+    for name, paths in (("real", [pairs[s].image for s in stems]), ("pasted", [it.reference for it in items])):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for s, path in zip(stems, paths):  # the files themselves, not re-encoded
+            shutil.copyfile(path, out / name / f"{s}.jpg")
+    fallback = class_mean_colours(*train_small)
+    (out / "flat_fill").mkdir(parents=True, exist_ok=True)
+    for s, lb, r, rl in zip(stems, labels, refs, ref_labels):
+        save_jpeg(flat_fill(lb, r, rl, fallback), out / "flat_fill" / f"{s}.jpg")
+    folders.update({"(a) real held-out photos": out / "real", "(b) reference pasted": out / "pasted",
+                    "(c) flat per-class colour fill": out / "flat_fill"})
+    return folders
+
+
+def save_report_grid(path, folders, test_inputs, stems, cell=(128, 96)):
+    """One held-out pair per row: label | reference | every row of the table but (b)."""
+    from jmodels.imageio import colorize, save_grid
+
+    def small(image, resample=Image.BICUBIC):
+        return np.asarray(Image.fromarray(image).resize(cell, resample))
+
+    labels, refs, _ = test_inputs
+    rows = []
+    for i in range(min(GRID_ROWS, len(stems))):
+        row = [colorize(small(labels[i], Image.NEAREST)), small(refs[i])]
+        for name, folder in folders.items():
+            if name != "(b) reference pasted":
+                with Image.open(folder / f"{stems[i]}.jpg") as im:
+                    row.append(small(np.asarray(im.convert("RGB"))))
+        rows.append(row)
+    save_grid(rows, path)
+
+
+def markdown(args, run, scores, judge_meta, stages, n_items, n_real, seconds):
+    """The report's text: the table, what each ablation costs, the terms, the stages, the grids."""
+    from tools.evaluate import contest_total
+    (vae_meta, vae_groups), (ldm_meta, ldm_groups) = stages
+    gen, seen = scores["generated"], judge_meta["seen"]
+    size = tuple(ldm_meta["train"]["size"])
+    lines = [f"# Report: {run}", "",
+             f"{n_items} held-out pairs of `{args.data}` (neither stage trained on them), each with another "
+             f"held-out photo as the reference (`{args.test}`). Generated at {size[0]}x{size[1]}, upscaled to "
+             f"512x384. test.py flags: `{args.flags or '(defaults)'}`.", "",
+             "| | style | mask accuracy | judge FD (stand-in for FID) | total of these terms |",
+             "|---|---:|---:|---:|---:|"]
+    for name, s in scores.items():
+        total, _ = contest_total(s["mask_accuracy"], s["style"])
+        lines.append(f"| {name} | {s['style']:.4f} | {s['mask_accuracy']:.4f} | {s['judge_fd']:.2f} | {total:.4f} |")
+    lines += ["", "What each ablation costs (ablation minus generated; a lower judge FD is more realistic):", "",
+              "| ablation | style | mask accuracy | judge FD |", "|---|---:|---:|---:|"]
+    for name in ABLATIONS:
+        s = scores[name]
+        lines.append(f"| {name} (`{' '.join(ABLATIONS[name])}`) | {s['style'] - gen['style']:+.4f} | "
+                     f"{s['mask_accuracy'] - gen['mask_accuracy']:+.4f} | {s['judge_fd'] - gen['judge_fd']:+.2f} |")
+    times = stage_times(run)
+    lines += ["", "The reference reaches an output three ways: the style vector (the network's input), the start "
+              "latent (image-to-image, strength < 1) and the colour transfer; each ablation cuts one, "
+              "\"no reference at all\" cuts the three.", "",
+              "Terms: style = the contest's histogram correlation with the reference; mask accuracy = pixel "
+              f"accuracy of the stand-in judge (`{args.judge}`, its own held-out accuracy "
+              f"{judge_meta['held_out_accuracy']:.4f}, recoloured {judge_meta['held_out_accuracy_recoloured']:.4f}); "
+              "judge FD = Fréchet distance between the judge's pooled bottleneck features of the outputs and of "
+              f"{n_real} training photos (a stand-in for FID, on another scale; with {n_items} images it "
+              "carries a sample-size floor, see row (a)); total = mask x 0.3 x (0.5 style + 0.5), the contest "
+              "formula over these two terms (0.3 of its bracket)." +
+              (f" **The judge was trained on {seen} of these photos: its accuracies flatter every row.**"
+               if seen else " The judge never trained on these photos."), "",
+              "## Stages", "",
+              f"- VAE: {params(vae_groups) / 1e6:.2f} M parameters, {vae_meta['step']} steps, batch "
+              f"{vae_meta['train']['batch_size']} at {'x'.join(map(str, vae_meta['train']['size']))}; held-out "
+              f"reconstruction PSNR **{vae_meta['val_psnr']:.2f} dB** (EMA weights, posterior mean, at that size).",
+              f"- LDM: {params(ldm_groups) / 1e6:.2f} M parameters, {ldm_meta['step']} steps, batch "
+              f"{ldm_meta['train']['batch_size']}, latents {size[0] // 8}x{size[1] // 8}.",
+              "- Wall time (run.sh's times.tsv): " + (", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
+                                                       or "not recorded") + f"; this report {seconds / 60:.1f} min.",
+              "", "## Grids", "",
+              "`report/grid.png`, one held-out pair per row: label | reference | " +
+              " | ".join(k for k in scores if k != "(b) reference pasted") + ".", "",
+              "![grid](report/grid.png)", "",
+              "Training grids: `vae/samples/` (input | EMA | raw reconstruction), `ldm/samples/` (label | "
+              "reference | sample from noise | real photo)."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -103,123 +235,42 @@ def main(argv=None):
     ap.add_argument("--flags", default="", help="the test.py flags the results were made with")
     args = ap.parse_args(argv)
     import dataset
-    from jmodels import checkpoint
-    from jmodels.imageio import colorize, save_grid, save_jpeg
+    from jmodels.atomic import atomic_file
     from jmodels.runtime import init_jittor
-    from tools.evaluate import contest_total, judge_statistics, real_images, score
+    from tools.evaluate import judge_statistics, real_images, score
     from tools.train_segmenter import load_judge
 
     run, out = Path(args.run), Path(args.run) / "report"
-    results = Path(args.results) if args.results else run / "results"
+    args.results = Path(args.results) if args.results else run / "results"
     if not Path(args.judge).is_file():
         sys.exit(f"error: {args.judge}: no judge; train one first: "
                  f"python tools/train_segmenter.py --data {args.data} --out {Path(args.judge).parent}")
+    init_jittor()
+    judge = load_judge(args.judge)
     try:
         items = dataset.list_test_items(args.test, args.data)
         stems = [it.stem for it in items]
-        labels = [dataset.read_label(it.label) for it in items]
-        refs = [dataset.read_image(it.reference) for it in items]
-        ref_labels = [dataset.read_label(Path(args.data, "labels", f"{it.reference.stem}.png")) for it in items]
-        pairs = {p.stem: p for p in dataset.list_train_pairs(args.data)}
-        train_paths = real_images(args.data, exclude=set(stems))
-        train_images = [dataset.read_image(p) for p in train_paths]
-        train_labels = [dataset.read_label(pairs[p.stem].label) for p in train_paths]
-        vae_meta, vae_groups = checkpoint.load(run / "vae" / "ckpt.npz")
-        ldm_meta, ldm_groups = checkpoint.load(run / "ldm" / "ckpt.npz")
-    except (dataset.DataError, checkpoint.CheckpointError, KeyError) as e:
+        test_inputs = ([dataset.read_label(it.label) for it in items], [dataset.read_image(it.reference) for it in items],
+                       [dataset.read_label(Path(args.data, "labels", f"{it.reference.stem}.png")) for it in items])
+        judge_meta = dict(judge[2], seen=len(set(stems) - set(judge[2].get("held_out", []))))
+        stages = check_sources(args, run, stems, judge_meta)
+        size = judge[1]  # training photos at the judge's size: enough for its features and for class colours
+        reals = real_images(args.data, exclude=set(stems), limit=MAX_REAL)
+        train_small = ([np.asarray(Image.fromarray(dataset.read_image(p)).resize(size, Image.BICUBIC)) for p in reals],
+                       [np.asarray(Image.fromarray(dataset.read_label(Path(args.data, "labels", f"{p.stem}.png")))
+                                   .resize(size, Image.NEAREST)) for p in reals])
+        t0 = time.time()  # ablations resume only outputs of these checkpoints and flags
+        start_folder(out, {"flags": args.flags, **{k: (run / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm")}})
+        folders = make_outputs(args, out, items, test_inputs, train_small)
+        real_stats = judge_statistics(judge, np.stack(train_small[0]))
+        scores = {name: score(folder, items, judge, real_stats) for name, folder in folders.items()}
+    except dataset.DataError as e:
         sys.exit(f"error: {e}")
-    missing = [s for s in stems if not (results / f"{s}.jpg").is_file()]
-    if missing:
-        sys.exit(f"error: {results}: {len(missing)} output(s) missing, e.g. {missing[0]}.jpg; run test.py first")
-
-    t0 = time.time()  # ablations resume only outputs of these checkpoints and flags
-    start_folder(out, {"flags": args.flags, **{k: (run / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm")}})
-    fallback = class_mean_colours(train_images, train_labels)
-    for name, paths in (("real", [pairs[s].image for s in stems]), ("pasted", [it.reference for it in items])):
-        (out / name).mkdir(parents=True, exist_ok=True)
-        for s, path in zip(stems, paths):  # the files themselves, not re-encoded
-            shutil.copyfile(path, out / name / f"{s}.jpg")
-    (out / "flat_fill").mkdir(parents=True, exist_ok=True)
-    for s, lb, r, rl in zip(stems, labels, refs, ref_labels):
-        save_jpeg(flat_fill(lb, r, rl, fallback), out / "flat_fill" / f"{s}.jpg")
-    folders = {"generated": results}
-    for name, flags in ABLATIONS.items():
-        folder = out / name.replace(" ", "_")
-        secs = run_test(args, folder, flags)
-        print(f"ablation {name!r}: {secs:.0f} s -> {folder}")
-        folders[name] = folder
-    folders.update({"(a) real held-out photos": out / "real", "(b) reference pasted": out / "pasted",
-                    "(c) flat per-class colour fill": out / "flat_fill"})
-
-    init_jittor()
-    judge = load_judge(args.judge)
-    real_stats = judge_statistics(judge, np.stack(train_images))
-    scores = {name: score(folder, items, judge, real_stats) for name, folder in folders.items()}
-
-    cell = (128, 96)
-
-    def read(folder, stem):
-        return np.asarray(Image.open(folder / f"{stem}.jpg").convert("RGB").resize(cell, Image.BICUBIC))
-
-    rows = []
-    for i in range(min(GRID_ROWS, len(items))):
-        rows.append([colorize(np.asarray(Image.fromarray(labels[i]).resize(cell, Image.NEAREST))),
-                     np.asarray(Image.fromarray(refs[i]).resize(cell, Image.BICUBIC))]
-                    + [read(folders[k], stems[i]) for k in folders if k != "(b) reference pasted"])
-    save_grid(rows, out / "grid.png")
-    report_secs = time.time() - t0
-
-    gen = scores["generated"]
-    lines = [f"# Report: {run}", "",
-             f"{len(items)} held-out pairs of `{args.data}` (never trained on), each with another held-out "
-             f"photo as the reference (`{args.test}`). Generated at {tuple(ldm_meta['train']['size'])}, "
-             f"upscaled to 512x384. test.py flags: `{args.flags or '(defaults)'}`.", "",
-             "| | style | mask accuracy | judge FD (stand-in for FID) | total of these terms |",
-             "|---|---:|---:|---:|---:|"]
-    for name, s in scores.items():
-        total, _ = contest_total(s["mask_accuracy"], s["style"])
-        lines.append(f"| {name} | {s['style']:.4f} | {s['mask_accuracy']:.4f} | {s['judge_fd']:.2f} | {total:.4f} |")
-    lines += ["", "What each ablation costs (ablation minus generated; negative FD change = more realistic):", "",
-              "| ablation | style | mask accuracy | judge FD |", "|---|---:|---:|---:|"]
-    for name in ABLATIONS:
-        s = scores[name]
-        lines.append(f"| {name} (`{' '.join(ABLATIONS[name])}`) | {s['style'] - gen['style']:+.4f} | "
-                     f"{s['mask_accuracy'] - gen['mask_accuracy']:+.4f} | {s['judge_fd'] - gen['judge_fd']:+.2f} |")
-    judge_meta = judge[2]
-    seen = set(stems) - set(judge_meta.get("held_out", []))
-    if seen:
-        print(f"warning: the judge was trained on {len(seen)} of these {len(stems)} labels' photos; "
-              "its mask accuracy flatters every row")
-    times = stage_times(run)
-    lines += ["", "Terms: style = the contest's histogram correlation with the reference; mask accuracy = pixel "
-              f"accuracy of the stand-in judge (`{args.judge}`, its own held-out accuracy "
-              f"{judge_meta['held_out_accuracy']:.4f}, recoloured {judge_meta['held_out_accuracy_recoloured']:.4f}); "
-              f"judge FD = Fréchet distance between the judge's pooled bottleneck features of the outputs and of "
-              f"the {len(train_images)} training photos (a stand-in for FID, on another scale; with "
-              f"{len(items)} images it carries a sample-size floor, see row (a)); total = mask x 0.3 x "
-              "(0.5 style + 0.5), the contest formula over these two terms (0.3 of its bracket)." +
-              (f" **The judge was trained on {len(seen)} of these photos: its accuracies flatter every row.**"
-               if seen else " The judge never trained on these photos."), "",
-              "## Stages", "",
-              f"- VAE: {params(vae_groups) / 1e6:.2f} M parameters, "
-              f"{vae_meta['step']} steps, batch {vae_meta['train']['batch_size']} at {tuple(vae_meta['train']['size'])}; "
-              f"held-out reconstruction PSNR **{vae_meta['val_psnr']:.2f} dB** (EMA weights, posterior mean, "
-              "at the training size).",
-              f"- LDM: {params(ldm_groups) / 1e6:.2f} M parameters, {ldm_meta['step']} steps, batch "
-              f"{ldm_meta['train']['batch_size']}, latents {ldm_meta['train']['size'][0] // 8}x"
-              f"{ldm_meta['train']['size'][1] // 8}.",
-              "- Wall time (run.sh's times.tsv): " + (", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items())
-                                                       or "not recorded") + f"; this report {report_secs / 60:.1f} min.",
-              "", "## Grids", "",
-              "`report/grid.png`, one held-out pair per row: label | reference | " +
-              " | ".join(k for k in folders if k != "(b) reference pasted") + ".", "",
-              "![grid](report/grid.png)", "",
-              "Training grids: `vae/samples/` (input | EMA | raw reconstruction), `ldm/samples/` (label | "
-              "reference | sample from noise | real photo)."]
-    from jmodels.atomic import atomic_file
+    save_report_grid(out / "grid.png", folders, test_inputs, stems)
+    text = markdown(args, run, scores, judge_meta, stages, len(items), len(reals), time.time() - t0)
     with atomic_file(run / "report.md") as f:
-        f.write(("\n".join(lines) + "\n").encode())
-    print("\n".join(lines[:len(scores) + 10]))
+        f.write(text.encode())
+    print(text.split("\nTerms:")[0])
     print(f"-> {run / 'report.md'}")
 
 
