@@ -16,7 +16,7 @@ import jittor as jt
 from jittor import init, nn
 
 from .checkpoint import SavedConfig
-from .layers import GroupNorm, SelfAttention, Upsample, group_norm, modulated_silu
+from .layers import GroupNorm, SelfAttention, Upsample, group_norm
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,7 @@ def zero_module(m):
 
 
 class SPADE(nn.Module):
-    """GroupNorm without affine, a per-pixel scale and shift predicted from the label map, then SiLU
-    (with the embedding's per-channel scale and shift before it, when given): one fused op."""
+    """GroupNorm without affine, then a per-pixel scale and shift predicted from the label map."""
 
     def __init__(self, channels, c: UNetConfig):
         super().__init__()
@@ -64,13 +63,13 @@ class SPADE(nn.Module):
         self.gamma = zero_module(nn.Conv2d(c.spade_hidden, channels, 3, padding=1))
         self.beta = zero_module(nn.Conv2d(c.spade_hidden, channels, 3, padding=1))
 
-    def execute(self, x, mask, scale=None, shift=None):
+    def execute(self, x, mask):
         h = nn.relu(self.shared(mask))
-        return modulated_silu(self.norm(x), self.gamma(h), self.beta(h), scale, shift)
+        return self.norm(x) * (1 + self.gamma(h)) + self.beta(h)
 
 
 class ResBlock(nn.Module):
-    """SPADE-SiLU-Conv, then SPADE with the embedding's scale-shift-SiLU-Conv(zero init), residual."""
+    """SPADE-SiLU-Conv, scale-shift from the embedding, SPADE-SiLU-Conv(zero init), residual."""
 
     def __init__(self, in_ch, out_ch, emb_dim, c: UNetConfig):
         super().__init__()
@@ -83,9 +82,10 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def execute(self, x, emb, mask):
-        h = self.conv1(self.norm1(x, mask))
+        h = self.conv1(nn.silu(self.norm1(x, mask)))
         scale, shift = jt.chunk(self.emb(nn.silu(emb)).reshape(emb.shape[0], -1, 1, 1), 2, dim=1)
-        h = self.conv2(self.dropout(self.norm2(h, mask, scale, shift)))
+        h = self.norm2(h, mask) * (1 + scale) + shift
+        h = self.conv2(self.dropout(nn.silu(h)))
         return (x if self.skip is None else self.skip(x)) + h
 
 
