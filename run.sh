@@ -106,6 +106,7 @@ if [ -n "$REPORT" ] && { [ ! -f "$RUN/report.md" ] || forced report || [ "$RUN/l
         timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE"
     fi
     banner "report: held-out scores against baselines and ablations -> $RUN/report.md"
+    ! forced report || redo report "$RUN/report" "$RUN/report.md"
     timed report $PY tools/report.py --run "$RUN" --data "$DATA" --test "$TEST" --results "$RESULTS" \
         --judge "$JUDGE/ckpt.npz" --flags "$TEST_FLAGS"
 fi
