@@ -53,8 +53,10 @@ timed() {  # timed STAGE CMD...: run CMD, append its wall time to $RUN/times.tsv
 redo() {  # redo STAGE PATH...: a forced stage starts over: its outputs and its recorded times go
     rm -rf "${@:2}"; [ ! -f "$RUN/times.tsv" ] || sed -i "/^$1\t/d" "$RUN/times.tsv"
 }
+older() {  # older PATH: PATH is missing or older than a checkpoint of this run (new weights: new outputs)
+    [ "$RUN/vae/ckpt.npz" -nt "$1" ] || [ "$RUN/ldm/ckpt.npz" -nt "$1" ]
+}
 REPORT=""                     # set below when the test folder is made from held-out pairs
-if forced vae || forced ldm; then FORCE="$FORCE test report"; fi  # new weights: new outputs
 
 if [ -z "$DATA" ]; then
     DATA="$DEMO/train"
@@ -94,19 +96,21 @@ if [ -z "$TEST" ]; then
     echo "test: skipped (no TEST folder given)"
 else
     banner "test: the contest entry -> $RESULTS and $RESULTS.zip"
-    if forced test || [ "$RUN/ldm/ckpt.npz" -nt "$RESULTS" ]; then  # outputs of older weights are not kept
+    if forced test || older "$RESULTS"; then  # outputs of older weights are not kept
         redo test "$RESULTS" "$RESULTS.zip"
     fi
     timed test $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
 fi
 
-if [ -n "$REPORT" ] && { [ ! -f "$RUN/report.md" ] || forced report || [ "$RUN/ldm/ckpt.npz" -nt "$RUN/report.md" ]; }; then
+if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md"; }; then
     if [ ! -f "$JUDGE/ckpt.npz" ]; then
         banner "judge: the stand-in segmenter that scores layouts -> $JUDGE/ckpt.npz"
         timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE"
     fi
     banner "report: held-out scores against baselines and ablations -> $RUN/report.md"
-    ! forced report || redo report "$RUN/report" "$RUN/report.md"
+    if forced report || [ -f "$RUN/report.md" ]; then  # else an interrupted report resumes its ablations
+        redo report "$RUN/report" "$RUN/report.md"
+    fi
     timed report $PY tools/report.py --run "$RUN" --data "$DATA" --test "$TEST" --results "$RESULTS" \
         --judge "$JUDGE/ckpt.npz" --flags "$TEST_FLAGS"
 fi

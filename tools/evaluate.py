@@ -46,13 +46,17 @@ def real_images(img_path, exclude=(), limit=None):
     return paths[:limit]
 
 
+def resized(image, size, resample=Image.BICUBIC):
+    """An (H, W[, 3]) uint8 image or label map at `size` (W, H); labels need resample=Image.NEAREST."""
+    return np.asarray(Image.fromarray(image).resize(size, resample))
+
+
 def judge_statistics(judge, images_uint8):
     """Mean and covariance of the judge's pooled features of (N, H, W, 3) images at the judge's size."""
     from tools.fid import statistics
     from tools.train_segmenter import pooled_features
     model, size, _ = judge
-    small = np.stack([np.asarray(Image.fromarray(im).resize(size, Image.BICUBIC)) for im in images_uint8])
-    return statistics(pooled_features(model, small))
+    return statistics(pooled_features(model, np.stack([resized(im, size) for im in images_uint8])))
 
 
 def score(results, items, judge=None, real_stats=None):
@@ -66,6 +70,7 @@ def score(results, items, judge=None, real_stats=None):
     from tools.fid import frechet_distance
     from tools.style_metric import style_score
     from tools.train_segmenter import predict
+    model, size, _ = judge if judge is not None else (None, None, None)
     rows, outputs, t_style, t_mask = [], [], 0.0, 0.0
     for it in items:
         out, ref = dataset.read_image(results / f"{it.stem}.jpg"), dataset.read_image(it.reference)
@@ -74,10 +79,8 @@ def score(results, items, judge=None, real_stats=None):
         t_style += time.perf_counter() - t
         if judge is not None:
             t = time.perf_counter()
-            model, size, _ = judge
-            small = np.asarray(Image.fromarray(out).resize(size, Image.BICUBIC))[None]
-            label = np.asarray(Image.fromarray(dataset.read_label(it.label)).resize(size, Image.NEAREST))
-            row["mask_accuracy"] = float((predict(model, small)[0] == label).mean())
+            label = resized(dataset.read_label(it.label), size, Image.NEAREST)
+            row["mask_accuracy"] = float((predict(model, resized(out, size)[None])[0] == label).mean())
             t_mask += time.perf_counter() - t
             outputs.append(out)
         rows.append(row)
@@ -134,7 +137,7 @@ def main(argv=None):
         from tools.train_segmenter import load_judge
         judge = load_judge(args.judge)
         reals = real_images(args.img_path, exclude={it.stem for it in items}, limit=args.fid_max_real)
-        real_stats = judge_statistics(judge, np.stack([dataset.read_image(p) for p in reals]))
+        real_stats = judge_statistics(judge, np.stack([resized(dataset.read_image(p), judge[1]) for p in reals]))
     s = score(results, items, judge, real_stats)
     print(f"{s['n']} images in {results}")
     print(f"  style (histogram correlation)  {s['style']:8.4f}   {s['ms_style']:6.1f} ms/image")

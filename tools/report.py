@@ -112,10 +112,10 @@ def check_sources(args, run, stems, judge_meta):
         train = meta.get("train", {})
         if Path(train.get("data", "")).resolve() != data:
             sys.exit(f"error: {run / name / 'ckpt.npz'} was trained on {train.get('data')}, not {args.data}")
-        trained = set(dataset.split_stems(data, train["holdout"], train["seed"])[0])
-        if trained & set(stems):
-            sys.exit(f"error: {args.test}: {len(trained & set(stems))} label(s) are pairs {name} trained on, e.g. "
-                     f"{sorted(trained & set(stems))[0]}; make the test folder with tools/holdout_test.py")
+        seen = sorted(set(dataset.split_stems(data, train["holdout"], train["seed"])[0]) & set(stems))
+        if seen:
+            sys.exit(f"error: {args.test}: {len(seen)} label(s) are pairs {name} trained on, e.g. "
+                     f"{seen[0]}; make the test folder with tools/holdout_test.py")
     if Path(judge_meta["data"]).resolve() != data:
         sys.exit(f"error: {args.judge} was trained on {judge_meta['data']}, not {args.data}: train one on it "
                  f"(python tools/train_segmenter.py --data {args.data} --out <folder>)")
@@ -132,6 +132,7 @@ def check_sources(args, run, stems, judge_meta):
 
 def make_outputs(args, out, items, test_inputs, train_small):
     """The baselines and the ablations as folders of <stem>.jpg: {row name: folder}, generated first."""
+    import dataset
     from jmodels.imageio import save_jpeg
     stems = [it.stem for it in items]
     labels, refs, ref_labels = test_inputs
@@ -140,7 +141,6 @@ def make_outputs(args, out, items, test_inputs, train_small):
         folder = out / name.replace(" ", "_")
         print(f"ablation {name!r}: {run_test(args, folder, flags):.0f} s -> {folder}")
         folders[name] = folder
-    import dataset
     pairs = {p.stem: p for p in dataset.list_train_pairs(args.data)}
     for name, paths in (("real", [pairs[s].image for s in stems]), ("pasted", [it.reference for it in items])):
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -158,18 +158,15 @@ def make_outputs(args, out, items, test_inputs, train_small):
 def save_report_grid(path, folders, test_inputs, stems, cell=(128, 96)):
     """One held-out pair per row: label | reference | every row of the table but (b)."""
     from jmodels.imageio import colorize, save_grid
-
-    def small(image, resample=Image.BICUBIC):
-        return np.asarray(Image.fromarray(image).resize(cell, resample))
-
+    from tools.evaluate import resized
     labels, refs, _ = test_inputs
     rows = []
     for i in range(min(GRID_ROWS, len(stems))):
-        row = [colorize(small(labels[i], Image.NEAREST)), small(refs[i])]
+        row = [colorize(resized(labels[i], cell, Image.NEAREST)), resized(refs[i], cell)]
         for name, folder in folders.items():
             if name != "(b) reference pasted":
                 with Image.open(folder / f"{stems[i]}.jpg") as im:
-                    row.append(small(np.asarray(im.convert("RGB"))))
+                    row.append(resized(np.asarray(im.convert("RGB")), cell))
         rows.append(row)
     save_grid(rows, path)
 
@@ -237,7 +234,7 @@ def main(argv=None):
     import dataset
     from jmodels.atomic import atomic_file
     from jmodels.runtime import init_jittor
-    from tools.evaluate import judge_statistics, real_images, score
+    from tools.evaluate import judge_statistics, real_images, resized, score
     from tools.train_segmenter import load_judge
 
     run, out = Path(args.run), Path(args.run) / "report"
@@ -256,9 +253,9 @@ def main(argv=None):
         stages = check_sources(args, run, stems, judge_meta)
         size = judge[1]  # training photos at the judge's size: enough for its features and for class colours
         reals = real_images(args.data, exclude=set(stems), limit=MAX_REAL)
-        train_small = ([np.asarray(Image.fromarray(dataset.read_image(p)).resize(size, Image.BICUBIC)) for p in reals],
-                       [np.asarray(Image.fromarray(dataset.read_label(Path(args.data, "labels", f"{p.stem}.png")))
-                                   .resize(size, Image.NEAREST)) for p in reals])
+        train_small = ([resized(dataset.read_image(p), size) for p in reals],
+                       [resized(dataset.read_label(Path(args.data, "labels", f"{p.stem}.png")), size, Image.NEAREST)
+                        for p in reals])
         t0 = time.time()  # ablations resume only outputs of these checkpoints and flags
         start_folder(out, {"flags": args.flags, **{k: (run / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm")}})
         folders = make_outputs(args, out, items, test_inputs, train_small)
