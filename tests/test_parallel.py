@@ -30,7 +30,9 @@ TOL = 2e-5  # fp32: the ranks' gradients are summed in another order than one pr
 
 
 def launch(np_, script, *args):
-    env = dict(os.environ, NP=str(np_), FORCE_CPU="1")
+    # One OpenMP thread per process on any machine: the kernels' own reduction order then does not
+    # change with the core count or with MPI's binding of ranks to cores, only the batch split does.
+    env = dict(os.environ, NP=str(np_), FORCE_CPU="1", OMP_NUM_THREADS="1")
     cmd = ["bash", str(ROOT / "tools/launch.sh"), sys.executable, str(ROOT / script), *args]
     done = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=600)
