@@ -215,7 +215,7 @@ def sample_grid(run, val, path):
 def main(argv=None):
     from jmodels import cli
     cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
-    from jmodels.runtime import init_jittor
+    from jmodels.runtime import init_jittor, memory
     jt = init_jittor(seed=cfg["seed"], precision=cfg["precision"])
     import dataset
     from jmodels import parallel
@@ -258,7 +258,7 @@ def main(argv=None):
             loss = float(np.mean(recent))
             bar.set_postfix(loss=f"{loss:.4f}")
             log.write(json.dumps({"step": run.step, "loss": loss,
-                                  "s_per_step": (time.time() - t0) / len(recent)}) + "\n")
+                                  "s_per_step": (time.time() - t0) / len(recent), **memory()}) + "\n")
             log.flush()
             t0, recent = time.time(), []
         if run.step % cfg["sample_every"] == 0 or run.step == cfg["max_steps"]:

@@ -164,7 +164,7 @@ def load_init(path):
 def main(argv=None):
     from jmodels import cli
     cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
-    from jmodels.runtime import init_jittor
+    from jmodels.runtime import init_jittor, memory
     jt = init_jittor(seed=cfg["seed"], precision=cfg["precision"])
     import dataset
     from jmodels import checkpoint, parallel
@@ -221,7 +221,7 @@ def main(argv=None):
             bar.set_postfix(nll=f"{stats['nll']:.0f}", kl=f"{stats['kl']:.0f}", d=f"{stats['d']:.3f}",
                             psnr=f"{val_psnr or 0.0:.2f}")
             log.write(json.dumps({"step": run.step, "s_per_step": (time.time() - t0) / cfg["log_every"],
-                                  **stats}) + "\n")
+                                  **stats, **memory()}) + "\n")
             log.flush()
             t0 = time.time()
         if run.step % cfg["sample_every"] == 0 or run.step == cfg["max_steps"]:

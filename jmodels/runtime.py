@@ -61,3 +61,16 @@ def init_jittor(seed=None, precision="fp32"):
     if seed is not None:
         jt.set_global_seed(seed)
     return jt
+
+
+def memory():
+    """This process's resident memory (MB) and Jittor's live Vars, for the training logs: a leak shows
+    as either one growing from log line to log line."""
+    import jittor as jt
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:  # not Linux: the peak instead
+        import resource
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rss_mb": round(rss, 1), "live_vars": jt.number_of_lived_vars()}

@@ -74,3 +74,16 @@ def test_jittor_starts_on_the_cpu_and_convolves():
                          timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "0 [1,3,4,4,] 18.0 8.0"  # interior 2*9, corner 2*4
+
+
+def test_memory_counts_resident_bytes_and_live_vars():
+    import numpy as np
+    jt = runtime.init_jittor()
+    before = runtime.memory()
+    block = np.ones(50 * 2 ** 20 // 8)  # 50 MB, written so that it is resident
+    held = [jt.array(np.zeros(3)) for _ in range(5)]
+    after = runtime.memory()
+    assert after["live_vars"] - before["live_vars"] == 5
+    assert 49 <= after["rss_mb"] - before["rss_mb"] <= 60
+    del block, held
+    assert runtime.memory()["live_vars"] == before["live_vars"]
