@@ -80,7 +80,9 @@ banner "vae: stage 1, the autoencoder -> $RUN/vae/ckpt.npz"
 timed vae $TRAIN train_vae.py --data "$DATA" --out "$RUN/vae" $SCALE_VAE $VAE_FLAGS
 
 banner "ldm: stage 2, the conditional UNet -> $RUN/ldm/ckpt.npz"
-! forced ldm || redo ldm "$RUN/ldm"
+if forced ldm || { [ -f "$RUN/ldm/ckpt.npz" ] && [ "$RUN/vae/ckpt.npz" -nt "$RUN/ldm/ckpt.npz" ]; }; then
+    redo ldm "$RUN/ldm"  # forced, or its latents came from an older autoencoder
+fi
 timed ldm $TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $SCALE_LDM $LDM_FLAGS
 
 if [ "$TEST" = holdout ]; then
