@@ -1,15 +1,16 @@
 """Benchmark our networks in Jittor against PyTorch twins of the same layers and weights, side by side.
 
-    python tools/bench.py [--torch_python PY] [--repeats 3] [--cases 0,1,...]    (--list shows the cases)
+    python tools/bench.py [--torch_python PY] [--repeats 3] [--rounds 2] [--cases 0,1,...]   (--list: the cases)
 
 The stage-1 VAE (twin: diffusers' AutoencoderKL) and the stage-2 UNet (twin: tools/torch_twins.py), at
 the contest's shapes (512x384 images, 64x48 latents, full-scale configs) and the small CPU recipe's
 (128x96, 16x12), batch 1 and 4. Each case times a forward without gradients, a training step (forward,
 loss, backward, AdamW) and one sampling call (VAE: decoding latents, as test.py does; UNet: one guided
 call, the batch doubled). Each backend and case runs in its own process on the same weights and
-inputs; warm-up excluded, medians of --repeats. Prints seconds per image, the Jittor/PyTorch ratio,
-the forward's achieved GFLOP/s (FLOPs counted by PyTorch) against this machine's 3x3-conv GFLOP/s
-measured in the same run, and each process's peak memory (max RSS). PyTorch (and diffusers, for
+inputs, the backends' processes alternating for --rounds; warm-up excluded, medians of --repeats calls
+and then of the rounds. Prints seconds per image, the Jittor/PyTorch ratio, the forward's achieved
+GFLOP/s (FLOPs counted by PyTorch) against this machine's 3x3-conv GFLOP/s measured in the same run,
+and each process's peak memory (max RSS). PyTorch (and diffusers, for
 the VAE) is an optional dev dependency: without it only Jittor's column is printed.
 """
 import argparse
@@ -216,6 +217,17 @@ def run_child(python, backend, case, repeats, files):
     return json.loads(line[7:])
 
 
+def over_rounds(results):
+    """One backend's rounds of a case as one result: the median of each time, the highest peak memory."""
+    if not results or any("error" in r for r in results):
+        return next((r for r in results if "error" in r), {})
+    out = dict(results[0], peak_mb=max(r["peak_mb"] for r in results))
+    for what in ("forward", "sample", "train"):
+        if what in out:
+            out[what] = float(np.median([r[what] for r in results]))
+    return out
+
+
 def report(case, jr, tr, peak, train_peak):
     net, name, _, _, b, _ = case
     label = f"{net} {name}"
@@ -246,7 +258,8 @@ def report(case, jr, tr, peak, train_peak):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per process (their median)")
+    ap.add_argument("--rounds", type=int, default=2, help="processes per backend and case, alternating (median)")
     ap.add_argument("--torch_python", default=sys.executable, help="a Python with torch (+ diffusers for the VAE)")
     ap.add_argument("--cases", default=",".join(str(i) for i in range(len(CASES))))
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -277,11 +290,14 @@ def main():
         for k, p in probes.items()) + f" (the machine's conv figures: {peak:.0f} | {train_peak:.0f})")
     print(f"{'case':22s} {'batch':>5s} {'':8s} {'jittor s':>9s} {'torch s':>9s} {'ratio':>6s}   (seconds per image)")
     for i in (int(c) for c in args.cases.split(",")):
+        jrs, trs = [], []
         with tempfile.TemporaryDirectory() as tmp:
             files = os.path.join(tmp, "case.npz")
-            jr = run_child(sys.executable, "jittor", i, args.repeats, files)
-            tr = run_child(args.torch_python, "torch", i, args.repeats, files) if has_torch and "error" not in jr else {}
-        report(CASES[i], jr, tr, peak, train_peak)
+            for _ in range(args.rounds):  # alternating processes: a slow spell of the machine hits both
+                jrs.append(run_child(sys.executable, "jittor", i, args.repeats, files))
+                if has_torch and "error" not in jrs[-1]:
+                    trs.append(run_child(args.torch_python, "torch", i, args.repeats, files))
+        report(CASES[i], over_rounds(jrs), over_rounds(trs), peak, train_peak)
 
 
 if __name__ == "__main__":
