@@ -80,8 +80,8 @@ banner "vae: stage 1, the autoencoder -> $RUN/vae/ckpt.npz"
 timed vae $TRAIN train_vae.py --data "$DATA" --out "$RUN/vae" $SCALE_VAE $VAE_FLAGS
 
 banner "ldm: stage 2, the conditional UNet -> $RUN/ldm/ckpt.npz"
-if forced ldm || { [ -f "$RUN/ldm/ckpt.npz" ] && [ "$RUN/vae/ckpt.npz" -nt "$RUN/ldm/ckpt.npz" ]; }; then
-    redo ldm "$RUN/ldm"  # forced, or its latents came from an older autoencoder
+if forced ldm || forced vae; then  # a new autoencoder means new latents
+    redo ldm "$RUN/ldm"
 fi
 timed ldm $TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/ldm" $SCALE_LDM $LDM_FLAGS
 

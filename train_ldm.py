@@ -104,6 +104,10 @@ class Run:
                 or meta["diffusion"] != self.diffusion.config.to_dict():
             raise checkpoint.CheckpointError(f"{path}: written for another UNet or diffusion config; "
                                              "use another --out or the same flags")
+        if abs(meta["latent_scale"] - self.scale) > 1e-6:
+            raise checkpoint.CheckpointError(f"{path}: trained on latents scaled by {meta['latent_scale']}, but "
+                                             f"this --vae measures {self.scale}: another autoencoder; train stage 2 "
+                                             "again (run.sh: FORCE=ldm) or use another --out")
         checkpoint.load_into(self.model, groups["model"], f"{path} [model]")
         checkpoint.load_into(self.ema.twin, groups["ema"], f"{path} [ema]")
         self.opt.load_state(groups["opt"], meta["opt"])

@@ -151,6 +151,10 @@ def test_ldm_resume_matches_the_uninterrupted_run(tmp_path):
     other = tiny_run(dict(CFG, ch=8))
     with pytest.raises(checkpoint.CheckpointError, match="another UNet or diffusion config"):
         other.load(tmp_path / "ckpt.npz")
+    other_vae = tiny_run()
+    other_vae.scale = 1.25  # what a retrained autoencoder measures
+    with pytest.raises(checkpoint.CheckpointError, match="scaled by 1.0, but this --vae measures 1.25"):
+        other_vae.load(tmp_path / "ckpt.npz")
 
 
 def test_sampling_counts_calls_and_is_deterministic():
