@@ -151,3 +151,24 @@ def test_training_reduces_the_reconstruction_loss():
     data = [{"image": (0.8 * smooth).astype(np.float32)}]
     losses = [train_vae.train_step(run, data)["nll"] for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_adamw_cpu_kernel_equals_the_jittor_ops():
+    """The multi-threaded CPU update and the ops used on GPUs: the same new p, m, v to fp32 rounding."""
+    from jmodels.optim import _adamw_cpu, _adamw_ops
+    rng = np.random.default_rng(3)
+    p, g, m = (jt.array(rng.standard_normal((3, 5, 7)).astype(np.float32)) for _ in range(3))
+    v = jt.array(rng.uniform(0, 2, (3, 5, 7)).astype(np.float32))
+    t, lr, wd = 7, 1e-3, 0.01
+    h = [0.5, 0.9, 1 - 0.9, 0.999, 1 - 0.999, 1 - 0.9 ** t, 1 - 0.999 ** t, 1 - lr * wd, lr, 1e-8]
+    fused = _adamw_cpu(p, g, m, v, jt.array(np.array(h, np.float32)))
+    for a, b in zip(fused, _adamw_ops(p, g, m, v, h)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-6, atol=1e-7)
+    # and the closed form, in float64
+    g64, m64, v64, p64 = (x.numpy().astype(np.float64) for x in (g, m, v, p))
+    m1 = 0.9 * m64 + 0.1 * 0.5 * g64
+    v1 = 0.999 * v64 + 0.001 * (0.5 * g64) ** 2
+    p1 = p64 * (1 - lr * wd) - lr * (m1 / h[5]) / (np.sqrt(v1 / h[6]) + 1e-8)
+    np.testing.assert_allclose(fused[0].numpy(), p1, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fused[1].numpy(), m1, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fused[2].numpy(), v1, rtol=1e-5, atol=1e-7)
