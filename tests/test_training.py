@@ -89,6 +89,20 @@ def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temp file left behind
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_get_the_permissions_of_a_plain_open(tmp_path, umask, mode):
+    import os
+    import stat
+    from jmodels.atomic import atomic_file
+    old = os.umask(umask)
+    try:
+        with atomic_file(tmp_path / "out.jpg") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.jpg").stat().st_mode) == mode
+
+
 def test_checkpoint_refuses_pickles_and_junk(tmp_path):
     np.savez(tmp_path / "evil.npz", meta=np.frombuffer(b"{}", np.uint8), **{"model/x": np.array([{"a": 1}])})
     with pytest.raises(checkpoint.CheckpointError, match="evil.npz: not a checkpoint"):
