@@ -70,9 +70,7 @@ def load_models(run_dir, weights, ldm=""):
     unet = checkpoint.load_into(UNet(UNetConfig.from_dict(meta["config"])),
                                 groups["ema" if weights == "ema" else "model"], f"{path} [{weights}]")
     unet.eval()
-    if abs(meta["latent_scale"] - scale) > 1e-6:
-        raise checkpoint.CheckpointError(f"{path}: trained on latents scaled by {meta['latent_scale']}, "
-                                         f"but the VAE beside it measures {scale}: retrain stage 2")
+    train_ldm.check_latent_scale(path, meta, scale, "the VAE beside it")
     print(f"stage 2: {path}, step {meta['step']}, {weights} weights")
     return vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])), tuple(meta["train"]["size"])
 

@@ -65,6 +65,14 @@ def load_vae(path):
     return vae, float(meta["latent_scale"])
 
 
+def check_latent_scale(path, meta, scale, vae):
+    """A stage-2 checkpoint belongs to the autoencoder whose latent scale it recorded."""
+    from jmodels.checkpoint import CheckpointError
+    if abs(meta["latent_scale"] - scale) > 1e-6:
+        raise CheckpointError(f"{path}: trained on latents scaled by {meta['latent_scale']}, but {vae} measures "
+                              f"{scale}: another autoencoder; train stage 2 again (run.sh: FORCE=ldm)")
+
+
 class Run:
     """Networks, EMA twin, optimizer, the frozen VAE and the step of one stage-2 run."""
 
@@ -104,10 +112,7 @@ class Run:
                 or meta["diffusion"] != self.diffusion.config.to_dict():
             raise checkpoint.CheckpointError(f"{path}: written for another UNet or diffusion config; "
                                              "use another --out or the same flags")
-        if abs(meta["latent_scale"] - self.scale) > 1e-6:
-            raise checkpoint.CheckpointError(f"{path}: trained on latents scaled by {meta['latent_scale']}, but "
-                                             f"this --vae measures {self.scale}: another autoencoder; train stage 2 "
-                                             "again (run.sh: FORCE=ldm) or use another --out")
+        check_latent_scale(path, meta, self.scale, "this --vae")
         checkpoint.load_into(self.model, groups["model"], f"{path} [model]")
         checkpoint.load_into(self.ema.twin, groups["ema"], f"{path} [ema]")
         self.opt.load_state(groups["opt"], meta["opt"])

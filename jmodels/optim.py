@@ -101,7 +101,7 @@ class AdamW(jt.optim.Optimizer):
             self.backward(loss)
         pg = self.param_groups[0]
         scale = self.loss_scale.scale
-        grads = [g.float32() if scale == 1.0 else g.float32() / scale for g in pg["grads"]]  # unscaled (fp32: as they are)
+        grads = [g.float32() if scale == 1.0 else g.float32() / scale for g in pg["grads"]]  # unscaled
         norm = 0.0
         if self.grad_clip or self.loss_scale.dynamic:  # one sync: the global norm decides clip and skip
             norm = math.sqrt(float(sum(g.sqr().sum() for g in grads).item()))
