@@ -21,9 +21,10 @@ class EMA:
         return [(twin[k], v, id(v) in trained) for k, v in own.items()]
 
     def copy_from(self, model):
+        """A copy in new memory: on the CPU the optimizer updates the model's weights in place."""
         src = model.state_dict()
         for k, v in self.twin.state_dict().items():
-            v.update(src[k].detach())
+            v.update(jt.array(src[k].numpy()))
 
     def update(self):
         self.updates += 1

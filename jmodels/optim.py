@@ -52,19 +52,18 @@ def _adamw_ops(p, g, m, v, h):
 
 
 def _adamw_cpu(p, g, m, v, h):
-    """The same update as one multi-threaded CPU pass (fp32, the same operations in the same order).
-    h: the floats of _adamw_ops as one Var."""
-    return jt.code([p.shape] * 3, ["float32"] * 3, [p, g, m, v, h], cpu_src=_ADAMW_CPU)
+    """The same update as one multi-threaded CPU pass written into p, m and v (fp32, the same operations
+    in the same order). h: the floats of _adamw_ops as one Var. Returns a placeholder to sync: jt.code
+    has no way to name an input as its output."""
+    return jt.code((1,), "float32", [p, g, m, v, h], cpu_src=_ADAMW_CPU)
 
 
-# Parameters up to this many elements take the kernel: for them Jittor's per-op overhead dominates (small
-# UNet 16x12 training step -25 to -35%, tools/bench.py). Above it Jittor's fused update is as fast and
-# lighter: it writes into its inputs' memory where jt.code makes new buffers (+1.5 GB for the full UNet).
-_ADAMW_CPU_MAX = 2 ** 16
+# In place because the update is memory-bound: 28 bytes per parameter (read p, g, m, v; write p, m, v) on
+# two threads, where Jittor's fused ops make new p, m, v on one thread. The full UNet's training step at
+# 64x48: batch 1 -8%, batch 4 -2 to -5%, 80-260 MB less peak memory (tools/bench.py; this 2-core CPU).
 _ADAMW_CPU = """
-    const float *__restrict__ p = in0_p, *__restrict__ g = in1_p, *__restrict__ m = in2_p;
-    const float *__restrict__ v = in3_p, *__restrict__ h = in4_p;
-    float *__restrict__ po = out0_p, *__restrict__ mo = out1_p, *__restrict__ vo = out2_p;
+    float *__restrict__ p = in0_p, *__restrict__ m = in2_p, *__restrict__ v = in3_p;
+    const float *__restrict__ g = in1_p, *__restrict__ h = in4_p;
     const float clip = h[0], b1 = h[1], b1c = h[2], b2 = h[3], b2c = h[4], c1 = h[5], c2 = h[6];
     const float decay = h[7], lr = h[8], eps = h[9];
     const long n = in0->num;
@@ -72,14 +71,20 @@ _ADAMW_CPU = """
     for (long i = 0; i < n; i++) {
         const float gi = g[i] * clip;
         const float mi = b1 * m[i] + b1c * gi, vi = b2 * v[i] + b2c * gi * gi;
-        mo[i] = mi; vo[i] = vi;
-        po[i] = p[i] * decay - lr * (mi / c1) / (std::sqrt(vi / c2) + eps);
+        m[i] = mi; v[i] = vi;
+        p[i] = p[i] * decay - lr * (mi / c1) / (std::sqrt(vi / c2) + eps);
     }
+    out0_p[0] = 0;
 """
 
 
 class AdamW(jt.optim.Optimizer):
-    """`backward(loss)` once per micro-batch (gradients add up), then `step()` once per update."""
+    """`backward(loss)` once per micro-batch (gradients add up), then `step()` once per update.
+
+    On the CPU the update writes into the parameters' memory, after running every pending op (so a
+    lazily computed value still sees the old weights). A Var that shares a parameter's memory (Jittor's
+    detach(), clone(), reshape() and same-dtype casts do) sees the new weights: copy what must stay.
+    """
 
     def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, grad_clip=0.0,
                  loss_scale=None):
@@ -117,16 +122,20 @@ class AdamW(jt.optim.Optimizer):
         b1, b2 = self.betas
         h = [clip, b1, 1 - b1, b2, 1 - b2, 1 - b1 ** self.t, 1 - b2 ** self.t, 1 - self.lr * self.weight_decay,
              self.lr, self.eps]
-        h_var = None if jt.flags.use_cuda else jt.array(np.array(h, np.float32))
+        in_place = not jt.flags.use_cuda
+        if in_place:
+            h_var = jt.array(np.array(h, np.float32))
+            jt.sync_all()  # nothing pending may read the old weights once they are overwritten
+        done = []
         for p, g, m, v in zip(params, grads, self._m, self._v):
-            if h_var is not None and p.dtype == "float32" and p.numel() <= _ADAMW_CPU_MAX:
-                new, new_m, new_v = _adamw_cpu(p, g, m, v, h_var)
-            else:
-                new, new_m, new_v = _adamw_ops(p, g, m, v, h)
+            if in_place and p.dtype == "float32":
+                done.append(_adamw_cpu(p, g, m, v, h_var))
+                continue
+            new, new_m, new_v = _adamw_ops(p, g, m, v, h)
             m.update(new_m)
             v.update(new_v)
             p.update(new)
-        jt.sync(self._m + self._v + list(params))
+        jt.sync(done + self._m + self._v + list(params))
 
     def state_arrays(self):
         out = {f"m/{n}": m.numpy() for n, m in zip(self.names, self._m)}

@@ -168,21 +168,38 @@ def test_training_reduces_the_reconstruction_loss():
 
 
 def test_adamw_cpu_kernel_equals_the_jittor_ops():
-    """The multi-threaded CPU update and the ops used on GPUs: the same new p, m, v to fp32 rounding."""
+    """The multi-threaded CPU update (in place) and the ops used on GPUs: the same new p, m, v to fp32
+    rounding, and both the float64 closed form."""
     from jmodels.optim import _adamw_cpu, _adamw_ops
     rng = np.random.default_rng(3)
-    p, g, m = (jt.array(rng.standard_normal((3, 5, 7)).astype(np.float32)) for _ in range(3))
-    v = jt.array(rng.uniform(0, 2, (3, 5, 7)).astype(np.float32))
+    p0, g0, m0 = (rng.standard_normal((3, 5, 7)).astype(np.float32) for _ in range(3))
+    v0 = rng.uniform(0, 2, (3, 5, 7)).astype(np.float32)
     t, lr, wd = 7, 1e-3, 0.01
     h = [0.5, 0.9, 1 - 0.9, 0.999, 1 - 0.999, 1 - 0.9 ** t, 1 - 0.999 ** t, 1 - lr * wd, lr, 1e-8]
-    fused = _adamw_cpu(p, g, m, v, jt.array(np.array(h, np.float32)))
-    for a, b in zip(fused, _adamw_ops(p, g, m, v, h)):
+    p, g, m, v = (jt.array(x) for x in (p0, g0, m0, v0))
+    _adamw_cpu(p, g, m, v, jt.array(np.array(h, np.float32))).sync()
+    ops = _adamw_ops(*(jt.array(x) for x in (p0, g0, m0, v0)), h)
+    for a, b in zip((p, m, v), ops):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-6, atol=1e-7)
-    # and the closed form, in float64
-    g64, m64, v64, p64 = (x.numpy().astype(np.float64) for x in (g, m, v, p))
+    np.testing.assert_array_equal(g.numpy(), g0)  # the gradient is only read
+    g64, m64, v64, p64 = (x.astype(np.float64) for x in (g0, m0, v0, p0))
     m1 = 0.9 * m64 + 0.1 * 0.5 * g64
     v1 = 0.999 * v64 + 0.001 * (0.5 * g64) ** 2
     p1 = p64 * (1 - lr * wd) - lr * (m1 / h[5]) / (np.sqrt(v1 / h[6]) + 1e-8)
-    np.testing.assert_allclose(fused[0].numpy(), p1, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(fused[1].numpy(), m1, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(fused[2].numpy(), v1, rtol=1e-5, atol=1e-7)
+    for a, b in zip((p, m, v), (p1, m1, v1)):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-7)
+
+
+def test_in_place_update_leaves_pending_values_and_the_ema_on_the_old_weights():
+    """A value built before the step but not yet computed is computed from the old weights; the EMA twin
+    is a copy, not the model's memory."""
+    model, twin = Scalar(1.0), Scalar(0.0)
+    ema = EMA(model, twin, decay=0.9)
+    opt = AdamW(model.named_parameters(), lr=0.1)
+    pending = model.w * 3.0  # lazy: not needed by the gradient
+    opt.step((model.w * model.w).sum())
+    assert float(model.w) == pytest.approx(0.9, abs=1e-7)
+    assert float(pending) == 3.0
+    assert float(twin.w) == 1.0
+    ema.update()  # d = min(0.9, 2/11)
+    assert float(twin.w) == pytest.approx(1.0 * 2 / 11 + 0.9 * (1 - 2 / 11), abs=1e-6)
