@@ -83,8 +83,8 @@ class AdamW(jt.optim.Optimizer):
 
     On the CPU the update writes into the parameters' memory, after running every pending op (so a
     lazily computed value still sees the old weights). A Var that shares a parameter's memory (Jittor's
-    detach(), clone(), reshape() and same-dtype casts do) sees the new weights: copy what must stay.
-    """
+    detach(), clone(), reshape(), indexing, assign() and same-dtype casts do) sees the new weights: copy
+    what must stay (through numpy, as EMA does)."""
 
     def __init__(self, named_params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, grad_clip=0.0,
                  loss_scale=None):
