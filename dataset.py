@@ -156,13 +156,29 @@ def read_label_to_img(input_path, label_dir=None):
     if path is None:
         raise DataError(f"{places[0]}: label_to_img.json not found (looked in {_few(p.parent for p in places)})")
     try:
-        mapping = json.loads(path.read_text())
+        # utf-8-sig: editors such as Notepad save a byte-order mark, which json.loads refuses
+        mapping = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in mapping.items()):
         raise DataError(f"{path}: expected one object of label file name -> image file name")
+    leaving = {k: v for k, v in mapping.items() if _leaves_folder(v)}
+    if leaving:
+        raise DataError(f"{path}: {len(leaving)} reference name(s) leave the reference folder (imgs/): "
+                        + _few(f"{k!r}: {v!r}" for k, v in leaving.items()))
     return mapping, path
+
+
+def _leaves_folder(name):
+    """True for a reference name that is empty, absolute or climbs with '..'.
+
+    Judged on the name alone: a symlink inside imgs/ is followed wherever it points, since the
+    folder's owner put it there (a training folder linked to data kept elsewhere is a usual layout).
+    """
+    posix = name.replace("\\", "/")  # a name written on Windows separates with backslashes
+    parts = Path(posix).parts
+    return not parts or posix.startswith("/") or ".." in parts
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """dataset.py: reading every label format, the bad inputs that must raise, aligned augmentation, batching."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -143,6 +144,42 @@ def test_label_to_img_errors(tmp_path, train_dir):
     with pytest.raises(DataError, match=r"4 reference image\(s\) named in label_to_img\.json do not exist: "
                                         r"gone0\.jpg, gone1\.jpg, gone2\.jpg, gone3\.jpg"):
         dataset.list_test_items(test, train_dir)
+
+
+def test_label_to_img_with_a_byte_order_mark_reads(tmp_path, train_dir):
+    mapping = make_test_dir(tmp_path / "test", train_dir)
+    (tmp_path / "test/label_to_img.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(mapping).encode())
+    assert dataset.read_label_to_img(tmp_path / "test")[0] == mapping
+    assert [it.reference.name for it in dataset.list_test_items(tmp_path / "test", train_dir)] == \
+        ["s0.jpg", "s1.jpg", "s2.jpg", "s0.jpg"]
+
+
+@pytest.mark.parametrize("name", ["../s0.jpg", "imgs/../../s0.jpg", "..\\s0.jpg", "/etc/hostname", "", "."])
+def test_reference_names_that_leave_imgs_are_refused_naming_the_entry(tmp_path, train_dir, name):
+    mapping = make_test_dir(tmp_path / "test", train_dir)
+    shutil.copy(train_dir / "imgs/s0.jpg", tmp_path / "s0.jpg")  # the climb would find a file
+    mapping["t2.png"] = name
+    (tmp_path / "test/label_to_img.json").write_text(json.dumps(mapping))
+    entry = re.escape(f"'t2.png': {name!r}")
+    with pytest.raises(DataError, match=r"label_to_img\.json: 1 reference name\(s\) leave the reference "
+                                        r"folder \(imgs/\): " + entry + "$"):
+        dataset.list_test_items(tmp_path / "test", train_dir)
+
+
+def test_reference_names_inside_imgs_and_symlinks_there_are_followed(tmp_path, train_dir):
+    """A subfolder of imgs/ is inside it; a symlink in imgs/ is the folder owner's choice, followed."""
+    mapping = make_test_dir(tmp_path / "test", train_dir)
+    (train_dir / "imgs/sub").mkdir()
+    shutil.copy(train_dir / "imgs/s1.jpg", train_dir / "imgs/sub/x.jpg")
+    (tmp_path / "elsewhere.jpg").symlink_to(train_dir / "imgs/s2.jpg")
+    (train_dir / "imgs/linked.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    mapping.update({"t1.png": "sub/x.jpg", "t2.png": "./linked.jpg"})
+    (tmp_path / "test/label_to_img.json").write_text(json.dumps(mapping))
+    items = dataset.list_test_items(tmp_path / "test", train_dir)
+    assert items[1].reference == train_dir / "imgs/sub/x.jpg"
+    assert items[2].reference == train_dir / "imgs/linked.jpg"
+    np.testing.assert_array_equal(dataset.read_image(items[2].reference),
+                                  dataset.read_image(train_dir / "imgs/s2.jpg"))
 
 
 def test_two_label_folders_is_ambiguous(tmp_path):
