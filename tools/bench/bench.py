@@ -1,8 +1,8 @@
 """Benchmark our networks in Jittor against PyTorch twins of the same layers and weights, side by side.
 
-    python tools/bench.py [--torch_python PY] [--repeats 3] [--rounds 2] [--cases 0,1,...]   (--list: the cases)
+    python tools/bench/bench.py [--torch_python PY] [--repeats 3] [--rounds 2] [--cases 0,1,...]   (--list: the cases)
 
-The stage-1 VAE (twin: diffusers' AutoencoderKL) and the stage-2 UNet (twin: tools/torch_twins.py), at
+The stage-1 VAE (twin: diffusers' AutoencoderKL) and the stage-2 UNet (twin: tools/bench/torch_twins.py), at
 the contest's shapes (512x384 images, 64x48 latents, full-scale configs) and the small CPU recipe's
 (128x96, 16x12), batch 1 and 4. Each case times a forward without gradients, a training step (forward,
 loss, backward, AdamW) and one sampling call (VAE: decoding latents, as test.py does; UNet: one guided
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 SD_VAE = dict(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, norm_groups=32)
@@ -160,7 +160,7 @@ def torch_case(case, repeats, files):
             post = model.encode(x).latent_dist
             return (x - model.decode(post.sample()).sample).abs().sum() / b + 1e-6 * post.kl().mean()
     else:
-        from tools.torch_twins import UNet
+        from tools.bench.torch_twins import UNet
         model = UNet(config)
         doubled = [torch.cat([a, a]) for a in arrays]
         forward, sample = (lambda: model(*arrays)), (lambda: model(*doubled))

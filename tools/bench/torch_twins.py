@@ -1,7 +1,7 @@
 """PyTorch twin of jmodels.unet.UNet, for side-by-side benchmarks only (PyTorch is a dev extra).
 
 Same layers, same parameter names and the same function as the Jittor network, so one state dict
-loads into both (tools/bench.py checks the outputs agree before timing). Never imported by
+loads into both (tools/bench/bench.py checks the outputs agree before timing). Never imported by
 the product: training and test.py need no PyTorch.
 """
 import math

@@ -1,6 +1,6 @@
 """Benchmark test.py's generation at the contest size: seconds per image and UNet calls per image.
 
-    python tools/bench_test.py [--batches 1,8] [--size 512,384]
+    python tools/bench/bench_test.py [--batches 1,8] [--size 512,384]
 
 Full-scale networks (Stable Diffusion's VAE, the README's full-scale UNet) with random weights:
 speed does not depend on the values. Runs test.py's own `generate_batch` and `postprocess` with
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -31,7 +31,7 @@ def main():
     from jmodels.diffusion import GaussianDiffusion
     from jmodels.unet import UNet, UNetConfig
     from jmodels.vae import AutoencoderKL, VAEConfig
-    from tools.bench import FULL_UNET as FULL
+    from tools.bench.bench import FULL_UNET as FULL
     from tools.make_demo_data import make_label, paint
 
     size = tuple(int(v) for v in args.size.split(","))
