@@ -45,11 +45,19 @@ def test_missing_outputs_are_named(demo, tmp_path):
               str(demo / "train")])
 
 
-def test_judge_trains_saves_and_scores(demo, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def judge_ckpt(demo, tmp_path_factory):
+    """A judge trained 3 steps on the demo pairs, one of the three held out."""
     from tools import train_segmenter
-    train_segmenter.main(["--data", str(demo / "train"), "--out", str(tmp_path / "judge"), "--size", "64,48",
+    out = tmp_path_factory.mktemp("judge")
+    train_segmenter.main(["--data", str(demo / "train"), "--out", str(out), "--size", "64,48",
                           "--batch_size", "2", "--max_steps", "3", "--ch", "8", "--holdout", "0.34", "--workers", "1"])
-    model, size, meta = train_segmenter.load_judge(tmp_path / "judge/ckpt.npz")
+    return out / "ckpt.npz"
+
+
+def test_judge_trains_saves_and_scores(judge_ckpt):
+    from tools import train_segmenter
+    model, size, meta = train_segmenter.load_judge(judge_ckpt)
     assert size == (64, 48) and meta["kind"] == "judge" and len(meta["held_out"]) == 1
     assert 0.0 <= meta["held_out_accuracy"] <= 1.0
     pred = train_segmenter.predict(model, np.zeros((2, 48, 64, 3), np.uint8))
@@ -58,6 +66,28 @@ def test_judge_trains_saves_and_scores(demo, tmp_path, capsys):
     imgs = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     np.testing.assert_array_equal(train_segmenter.recolour(imgs, rng, 0.0), imgs)
     assert not np.array_equal(train_segmenter.recolour(imgs, rng, 1.0), imgs)
+
+
+def test_frechet_distances_are_left_out_when_every_training_image_is_a_test_stem(demo, judge_ckpt, tmp_path, capsys):
+    """A held-out test folder of all the training pairs leaves no real image to compare with: the judge FD
+    and FID are left out and said so (README: Scoring locally), the other terms still scored."""
+    import dataset
+    from tools import holdout_test
+    stems = [p.stem for p in dataset.list_train_pairs(demo / "train")]
+    holdout_test.write(demo / "train", stems, tmp_path / "held")
+    results = tmp_path / "results"
+    results.mkdir()
+    for it in dataset.list_test_items(tmp_path / "held", demo / "train"):
+        shutil.copy(it.reference, results / f"{it.stem}.jpg")
+    (tmp_path / "fid.pth").write_bytes(b"")  # never read: there is nothing to compare the outputs with
+    main(["--results", str(results), "--input_path", str(tmp_path / "held"), "--img_path", str(demo / "train"),
+          "--judge", str(judge_ckpt), "--fid_weights", str(tmp_path / "fid.pth")])
+    out = capsys.readouterr().out
+    why = f"left out (0 real image(s) in {demo / 'train/imgs'} once the test set's 3 stems are excluded; " \
+          "a Fréchet distance needs 2)"
+    assert f"  judge Fréchet distance: {why}\n" in out and f"  FID: {why}\n" in out
+    assert "style (histogram correlation)    1.0000" in out and "mask accuracy (stand-in judge)" in out
+    assert "total over the present terms" in out and "(they carry 0.3 of the bracket's 1.0)" in out
 
 
 def _held_out(h=16, w=24):

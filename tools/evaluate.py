@@ -13,7 +13,8 @@ left out and said so, never faked. The total is taken over the terms present, wi
 they cover. Beside the contest's terms, with a judge: the judge's Fréchet distance, the Fréchet
 distance between the judge's pooled bottleneck features of the outputs and of real images (the
 photos under --img_path except the test set's own stems): a realism figure that needs no
-downloaded weights, a stand-in for FID and not comparable with it.
+downloaded weights, a stand-in for FID and not comparable with it. When fewer than two real photos
+are left (every training photo is a test stem), both Fréchet distances are left out and said so.
 """
 import argparse
 import csv
@@ -36,14 +37,33 @@ def contest_total(mask, style=None, aesthetic=None, fid=None):
     return mask * sum(w * v for w, v in present), sum(w for w, _ in present)
 
 
-def real_images(img_path, exclude=(), limit=None):
-    """Real photos under `<img_path>/imgs` (or `img_path`), without the stems in `exclude`, sorted."""
+MIN_REAL = 2  # a Fréchet distance needs a covariance: at least two real images
+
+
+def real_folder(img_path):
+    return Path(img_path) / "imgs" if (Path(img_path) / "imgs").is_dir() else Path(img_path)
+
+
+def real_image_paths(img_path, exclude=(), limit=None):
+    """Real photos under `<img_path>/imgs` (or `img_path`), without the stems in `exclude`, sorted; may be empty."""
     import dataset
-    folder = Path(img_path) / "imgs" if (Path(img_path) / "imgs").is_dir() else Path(img_path)
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in dataset.IMAGE_EXTS and p.stem not in exclude)
-    if len(paths) < 2:
-        sys.exit(f"error: {folder}: a Fréchet distance needs real images, found {len(paths)}")
+    paths = sorted(p for p in real_folder(img_path).iterdir()
+                   if p.suffix.lower() in dataset.IMAGE_EXTS and p.stem not in exclude)
     return paths[:limit]
+
+
+def real_images(img_path, exclude=(), limit=None):
+    """real_image_paths, stopping with an error when fewer than MIN_REAL are left."""
+    paths = real_image_paths(img_path, exclude, limit)
+    if len(paths) < MIN_REAL:
+        sys.exit(f"error: {real_folder(img_path)}: a Fréchet distance needs real images, found {len(paths)}")
+    return paths
+
+
+def too_few_real(img_path, n_found, n_excluded):
+    """Why a Fréchet distance is left out when only `n_found` (< MIN_REAL) real images are left."""
+    return (f"left out ({n_found} real image(s) in {real_folder(img_path)} once the test set's "
+            f"{n_excluded} stems are excluded; a Fréchet distance needs {MIN_REAL})")
 
 
 def resized(image, size, resample=Image.BICUBIC):
@@ -94,18 +114,21 @@ def score(results, items, judge=None, real_stats=None):
 
 
 def frechet_to_real(args, results, items):
-    """FID between the outputs and real images (at most --fid_max_real), and the seconds per output."""
+    """(FID between the outputs and real images (at most --fid_max_real), seconds per output, real
+    images used); FID and seconds are None when fewer than MIN_REAL real images are left."""
     import dataset
     from jmodels.runtime import init_jittor
     init_jittor()
     from tools.fid import features, frechet_distance, load_fid_inception, statistics
+    real = real_image_paths(args.fid_real or args.img_path, {it.stem for it in items}, args.fid_max_real)
+    if len(real) < MIN_REAL:
+        return None, None, len(real)
     model = load_fid_inception(args.fid_weights)
-    real = real_images(args.fid_real or args.img_path, {it.stem for it in items}, args.fid_max_real)
     t = time.perf_counter()
     fake = features(model, [dataset.read_image(results / f"{it.stem}.jpg") for it in items])
     t_fid = time.perf_counter() - t
     ref = features(model, [dataset.read_image(p) for p in real])
-    return frechet_distance(*statistics(fake), *statistics(ref)), t_fid
+    return frechet_distance(*statistics(fake), *statistics(ref)), t_fid, len(real)
 
 
 def main(argv=None):
@@ -136,8 +159,9 @@ def main(argv=None):
         init_jittor()
         from tools.train_segmenter import load_judge
         judge = load_judge(args.judge)
-        reals = real_images(args.img_path, exclude={it.stem for it in items}, limit=args.fid_max_real)
-        real_stats = judge_statistics(judge, np.stack([resized(dataset.read_image(p), judge[1]) for p in reals]))
+        reals = real_image_paths(args.img_path, exclude={it.stem for it in items}, limit=args.fid_max_real)
+        if len(reals) >= MIN_REAL:
+            real_stats = judge_statistics(judge, np.stack([resized(dataset.read_image(p), judge[1]) for p in reals]))
     s = score(results, items, judge, real_stats)
     print(f"{s['n']} images in {results}")
     print(f"  style (histogram correlation)  {s['style']:8.4f}   {s['ms_style']:6.1f} ms/image")
@@ -146,15 +170,21 @@ def main(argv=None):
         print(f"  mask accuracy (stand-in judge) {s['mask_accuracy']:8.4f}   {s['ms_mask']:6.1f} ms/image; the judge's "
               f"own held-out accuracy {meta['held_out_accuracy']:.4f} (recoloured "
               f"{meta['held_out_accuracy_recoloured']:.4f})")
-        print(f"  judge Fréchet distance         {s['judge_fd']:8.4f}   (stand-in for FID: the judge's pooled "
-              f"features against {len(reals)} real images; not comparable with FID)")
+        if s["judge_fd"] is None:
+            print(f"  judge Fréchet distance: {too_few_real(args.img_path, len(reals), len(items))}")
+        else:
+            print(f"  judge Fréchet distance         {s['judge_fd']:8.4f}   (stand-in for FID: the judge's pooled "
+                  f"features against {len(reals)} real images; not comparable with FID)")
     else:
         print(f"  mask accuracy: left out (no judge at {args.judge}; tools/train_segmenter.py makes one)")
     fid = None
     if args.fid_weights:
-        fid, t_fid = frechet_to_real(args, results, items)
-        print(f"  FID (capped at 100)            {min(fid, 100.0):8.4f}   {1000 * t_fid / s['n']:6.1f} ms/image "
-              f"(raw {fid:.2f})")
+        fid, t_fid, n_real = frechet_to_real(args, results, items)
+        if fid is None:
+            print(f"  FID: {too_few_real(args.fid_real or args.img_path, n_real, len(items))}")
+        else:
+            print(f"  FID (capped at 100)            {min(fid, 100.0):8.4f}   {1000 * t_fid / s['n']:6.1f} ms/image "
+                  f"(raw {fid:.2f})")
     else:
         print("  FID: left out (pass --fid_weights, the public FID Inception weights file)")
     print(f"  aesthetic: {args.aesthetic:.4f} (given)" if args.aesthetic is not None else "  aesthetic: left out (not given)")
