@@ -16,12 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-CLASS_NAMES = (
-    "mountain", "sky", "water", "sea", "rock", "tree", "earth", "hill", "river", "sand",
-    "land", "building", "grass", "plant", "person", "boat", "waterfall", "wall", "pier", "path",
-    "lake", "bridge", "field", "road", "railing", "fence", "ship", "house", "other",
-)
-NUM_CLASSES = len(CLASS_NAMES)  # 29
+from jmodels.classes import CLASS_NAMES, NUM_CLASSES  # noqa: F401 (re-exported for the tools)
+from jmodels.imageio import to_unit
+
 CONTEST_SIZE = (512, 384)  # (W, H) of every contest image, label and output
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 SHOW = 5  # how many offending names an error lists
@@ -265,8 +262,7 @@ class PairDataset:
             image, label = resize_pair(image, label, self.size)
             if flip:
                 image, label = image[:, ::-1], label[:, ::-1]
-        x = image.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1.0  # (3, H, W)
-        return {"image": np.ascontiguousarray(x), "label": np.ascontiguousarray(label, np.int32),
+        return {"image": to_unit(image), "label": np.ascontiguousarray(label, np.int32),  # image (3, H, W) in [-1, 1]
                 "index": np.int64(i), "flip": np.bool_(flip)}
 
 

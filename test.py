@@ -9,17 +9,17 @@ upscaled to 512x384 and moved toward the reference's colours in Lab. The noise o
 seeded by its file name, so outputs do not depend on batch size or order. Each JPEG is written to
 a temporary name and renamed; --resume 1 keeps the valid outputs of an interrupted run.
 """
-import hashlib
+import os
 import sys
 import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from jmodels.atomic import atomic_file
 from jmodels.imageio import save_jpeg
+from jmodels.pipeline import OUT_SIZE
 
 # ---- defaults: every knob is a flag of the same name ------------------------------------------------
 DEFAULTS = dict(
@@ -39,7 +39,6 @@ DEFAULTS = dict(
     zip=True, resume=False,
 )
 # ------------------------------------------------------------------------------------------------------
-OUT_SIZE = (512, 384)
 ROOT = Path(__file__).resolve().parent
 
 
@@ -59,25 +58,17 @@ def find_run(run):
     return found
 
 
-def load_models(run_dir, weights, ldm=""):
-    import train_ldm
-    from jmodels import checkpoint
-    from jmodels.diffusion import DiffusionConfig, GaussianDiffusion
-    from jmodels.unet import UNet, UNetConfig
-    vae, scale = train_ldm.load_vae(run_dir / "vae" / "ckpt.npz")
-    path = Path(ldm) if ldm else run_dir / "ldm" / "ckpt.npz"
-    meta, groups = checkpoint.load(path)
-    unet = checkpoint.load_into(UNet(UNetConfig.from_dict(meta["config"])),
-                                groups["ema" if weights == "ema" else "model"], f"{path} [{weights}]")
-    unet.eval()
-    train_ldm.check_latent_scale(path, meta, scale, "the VAE beside it")
-    print(f"stage 2: {path}, step {meta['step']}, {weights} weights")
-    return vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])), tuple(meta["train"]["size"])
-
-
-def image_seed(stem, seed):
-    """A 63-bit seed from the file name: an image's noise never depends on its position."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{stem}".encode()).digest()[:8], "little") >> 1
+def check_output_path(out):
+    """The output folder exists or can be made: checked before any network work, not after."""
+    if out.exists() and not out.is_dir():
+        sys.exit(f"error: --output_path {out} is a file, not a folder")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                sys.exit(f"error: --output_path {out} cannot be made: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                sys.exit(f"error: --output_path {out} cannot be made: {parent} is not writable")
+            return
 
 
 def valid_jpeg(path):
@@ -108,33 +99,6 @@ def load_inputs(items, img_path):
     return labels, refs, ref_labels
 
 
-def generate_batch(models, cfg, size, items, labels, refs):
-    """Images (B, H, W, 3) uint8 at the generation size, and the UNet calls per image."""
-    from jmodels import generate
-    from jmodels.imageio import to_uint8
-    vae, scale, unet, diffusion, _ = models
-    w, h = size
-    lab_small = np.stack([np.asarray(Image.fromarray(lb).resize((w, h), Image.NEAREST)) for lb in labels])
-    ref_small = np.stack([np.asarray(Image.fromarray(r).resize((w, h), Image.BICUBIC)) for r in refs])
-    x_ref = ref_small.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-    z_ref = generate.encode_mean(vae, x_ref, scale)
-    noise = np.stack([np.random.default_rng(image_seed(it.stem, cfg["seed"])).standard_normal(z_ref.shape[1:])
-                      for it in items]).astype(np.float32)
-    cond = generate.withhold(generate.conditions(lab_small, ref_small, z_ref), cfg["without"])
-    z, calls = generate.sample(unet, diffusion, cond, noise, steps=cfg["steps"], sampler=cfg["sampler"],
-                               guidance=cfg["guidance"], drop=cfg["drop"], strength=cfg["strength"], x_ref=z_ref)
-    return to_uint8(generate.decode(vae, z, scale)), calls
-
-
-def postprocess(image, label, ref, ref_label, cfg):
-    from jmodels.color import reinhard_transfer
-    out = np.asarray(Image.fromarray(image).resize(OUT_SIZE, Image.LANCZOS))
-    if cfg["color_transfer"] > 0:
-        out = reinhard_transfer(out, ref, cfg["color_transfer"], label if cfg["color_per_class"] else None,
-                                ref_label if cfg["color_per_class"] else None)
-    return out
-
-
 def write_zip(folder, stems):
     """<folder>.zip beside the folder, holding exactly the outputs of this test set."""
     path = folder.parent / f"{folder.name}.zip"
@@ -158,11 +122,11 @@ def main(argv=None):
     cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
     import dataset
     out = Path(cfg["output_path"])
-    if out.exists() and not out.is_dir():
-        sys.exit(f"error: --output_path {out} is a file, not a folder")
+    check_output_path(out)
+    from jmodels.conditioning import CONDITIONS
     for flag in ("drop", "without"):
-        if set(cfg[flag]) - {"mask", "style"}:
-            sys.exit(f"error: --{flag} {','.join(cfg[flag])}: conditions are mask and style")
+        if set(cfg[flag]) - set(CONDITIONS):
+            sys.exit(f"error: --{flag} {','.join(cfg[flag])}: conditions are {' and '.join(CONDITIONS)}")
     try:
         items = dataset.list_test_items(cfg["input_path"], cfg["img_path"])
         todo = [it for it in items if not (cfg["resume"] and valid_jpeg(out / f"{it.stem}.jpg"))]
@@ -172,8 +136,10 @@ def main(argv=None):
     run_dir = find_run(cfg["run"])
     from jmodels.runtime import init_jittor
     init_jittor(seed=cfg["seed"])
-    models = load_models(run_dir, cfg["weights"], cfg["ldm"])
-    size = tuple(cfg["size"]) if cfg["size"][0] else models[4]
+    from jmodels import pipeline
+    pipe = pipeline.load(run_dir, cfg["weights"], cfg["ldm"])
+    print(pipe.describe())
+    size = tuple(cfg["size"]) if cfg["size"][0] else pipe.train_size
     out.mkdir(parents=True, exist_ok=True)
     tidy(out, [it.stem for it in items])
     print(f"{len(items)} labels, {len(items) - len(todo)} already done; models from {run_dir}, "
@@ -184,13 +150,14 @@ def main(argv=None):
     for i in range(0, len(todo), cfg["batch_size"]):
         sl = slice(i, i + cfg["batch_size"])
         try:
-            images, calls = generate_batch(models, cfg, size, todo[sl], labels[sl], refs[sl])
+            images, calls = pipeline.generate(pipe, cfg, [it.stem for it in todo[sl]], labels[sl], refs[sl],
+                                              ref_labels[sl], size)
         except Exception as e:  # a batch that fails is reported, the rest still runs
             failed += [(it.stem, f"{type(e).__name__}: {e}") for it in todo[sl]]
             bar.update(len(todo[sl]))
             continue
-        for it, img, lb, ref, rl in zip(todo[sl], images, labels[sl], refs[sl], ref_labels[sl]):
-            save_jpeg(postprocess(img, lb, ref, rl, cfg), out / f"{it.stem}.jpg")
+        for it, img in zip(todo[sl], images):
+            save_jpeg(img, out / f"{it.stem}.jpg")
         bar.update(len(todo[sl]))
     bar.close()
     done = len(todo) - len(failed)

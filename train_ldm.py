@@ -50,74 +50,38 @@ def configs(cfg):
     return unet, diffusion
 
 
-def load_vae(path):
-    """The frozen stage-1 autoencoder (EMA weights) and its latent scale."""
-    from jmodels import checkpoint
-    from jmodels.vae import AutoencoderKL, VAEConfig
-    meta, groups = checkpoint.load(path)
-    if meta.get("kind") != "vae" or not meta.get("latent_scale"):
-        raise checkpoint.CheckpointError(f"{path}: not a finished stage-1 checkpoint (no latent scale); "
-                                         "finish train_vae.py first (run.sh stage vae)")
-    vae = checkpoint.load_into(AutoencoderKL(VAEConfig.from_dict(meta["config"])), groups["ema"], f"{path} [ema]")
-    for p in vae.parameters():
-        p.stop_grad()
-    vae.eval()
-    return vae, float(meta["latent_scale"])
+def new_state(cfg, unet_config, diffusion_config, vae, scale):
+    """A fresh stage-2 run: the UNet, its EMA twin and optimizer; the frozen VAE, its latent scale and
+    the diffusion schedule ride along as context (saved: the scale and the schedule's config)."""
+    import jittor as jt
+    from jmodels import parallel
+    from jmodels.diffusion import GaussianDiffusion
+    from jmodels.ema import EMA
+    from jmodels.optim import AdamW, LossScale
+    from jmodels.train_state import TrainState
+    from jmodels.unet import UNet
+    model = UNet(unet_config)
+    parallel.start_equal(model)
+    fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
+    opt = AdamW(model.named_parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                grad_clip=cfg["grad_clip"], loss_scale=LossScale() if fp16 else None)
+    return TrainState("ldm", unet_config, cfg, {"model": model}, EMA(model, UNet(unet_config), cfg["ema_decay"]),
+                      {"opt": opt}, dict(diffusion=diffusion_config.to_dict(), latent_scale=scale),
+                      vae=vae, scale=scale, diffusion=GaussianDiffusion(diffusion_config), latent_cache=None)
 
 
-def check_latent_scale(path, meta, scale, vae):
-    """A stage-2 checkpoint belongs to the autoencoder whose latent scale it recorded."""
+def resume(run, path):
+    """Resume stage 2 strictly: the same UNet, the same schedule and latents of the same autoencoder."""
+    from jmodels import pipeline
     from jmodels.checkpoint import CheckpointError
-    if abs(meta["latent_scale"] - scale) > 1e-6:
-        raise CheckpointError(f"{path}: trained on latents scaled by {meta['latent_scale']}, but {vae} measures "
-                              f"{scale}: another autoencoder; train stage 2 again (run.sh: FORCE=ldm)")
 
+    def check(meta):
+        if meta["diffusion"] != run.diffusion.config.to_dict():
+            raise CheckpointError(f"{path}: written for the diffusion config {meta['diffusion']}, this run's is "
+                                  f"{run.diffusion.config.to_dict()}; use another --out or the same flags")
+        pipeline.check_latent_scale(path, meta, run.scale, "this --vae")
 
-class Run:
-    """Networks, EMA twin, optimizer, the frozen VAE and the step of one stage-2 run."""
-
-    def __init__(self, cfg, unet_config, diffusion_config, vae, scale):
-        import jittor as jt
-        from jmodels import parallel
-        from jmodels.diffusion import GaussianDiffusion
-        from jmodels.ema import EMA
-        from jmodels.optim import AdamW, LossScale
-        from jmodels.unet import UNet
-        self.cfg, self.unet_config, self.step = cfg, unet_config, 0
-        self.diffusion = GaussianDiffusion(diffusion_config)
-        self.vae, self.scale, self.latent_cache = vae, scale, None
-        self.model = UNet(unet_config)
-        parallel.start_equal(self.model)
-        self.ema = EMA(self.model, UNet(unet_config), cfg["ema_decay"])
-        fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
-        self.opt = AdamW(self.model.named_parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                         grad_clip=cfg["grad_clip"], loss_scale=LossScale() if fp16 else None)
-
-    def meta(self, **extra):
-        return dict(kind="ldm", step=self.step, config=self.unet_config.to_dict(),
-                    diffusion=self.diffusion.config.to_dict(), train=self.cfg, latent_scale=self.scale,
-                    ema_updates=self.ema.updates, opt=self.opt.state_meta(), **extra)
-
-    def save(self, path, **extra):
-        from jmodels import checkpoint
-        from jmodels.checkpoint import state_arrays
-        checkpoint.save(path, self.meta(**extra), model=state_arrays(self.model),
-                        ema=state_arrays(self.ema.twin), opt=self.opt.state_arrays())
-
-    def load(self, path):
-        from jmodels import checkpoint
-        from jmodels.unet import UNetConfig
-        meta, groups = checkpoint.load(path)
-        if meta.get("kind") != "ldm" or UNetConfig.from_dict(meta["config"]) != self.unet_config \
-                or meta["diffusion"] != self.diffusion.config.to_dict():
-            raise checkpoint.CheckpointError(f"{path}: written for another UNet or diffusion config; "
-                                             "use another --out or the same flags")
-        check_latent_scale(path, meta, self.scale, "this --vae")
-        checkpoint.load_into(self.model, groups["model"], f"{path} [model]")
-        checkpoint.load_into(self.ema.twin, groups["ema"], f"{path} [ema]")
-        self.opt.load_state(groups["opt"], meta["opt"])
-        self.step, self.ema.updates = int(meta["step"]), int(meta["ema_updates"])
-        return meta
+    return run.load(path, check, pipeline.load_unet_weights)
 
 
 def latent_cache(vae, train_set, path, batch_size, source):
@@ -151,18 +115,19 @@ def build_latent_cache(vae, train_set, path, batch_size, source, stems):
 
 
 def make_inputs(run, batch, rng):
-    """Latents, conditions (with dropout) and timesteps for this rank's part of one micro-batch.
-    Every choice is drawn for the global batch (numpy rng and Jittor's generator, seeded alike on
-    all ranks) and then sliced, so N processes draw what one process draws."""
+    """Latents (posterior samples), conditions (with dropout) and timesteps for this rank's part of
+    one micro-batch. Every choice is drawn for the global batch (numpy rng and Jittor's generator,
+    seeded alike on all ranks) and then sliced, so N processes draw what one process draws."""
     import jittor as jt
     from jmodels import parallel
-    from jmodels.conditioning import one_hot, reference_crop, style_features
+    from jmodels.conditioning import conditions, reference_crop
     from jmodels.imageio import to_uint8
+    from jmodels.vae import posterior_sample
     b = len(batch["image"])
     n, mine = b * jt.world_size, parallel.local(b)
     crops = [reference_crop(rng, batch["image"].shape[2:]) for _ in range(n)][mine]
-    keep_mask = (rng.random(n) >= run.cfg["p_drop_mask"]).astype(np.float32)[mine]
-    keep_style = (rng.random(n) >= run.cfg["p_drop_style"]).astype(np.float32)[mine]
+    dropped = {"mask": (rng.random(n) < run.cfg["p_drop_mask"])[mine],
+               "style": (rng.random(n) < run.cfg["p_drop_style"])[mine]}
     t = rng.integers(0, run.diffusion.num_timesteps, n)[mine]
     with jt.no_grad():
         if run.latent_cache is not None:
@@ -171,13 +136,14 @@ def make_inputs(run, batch, rng):
             logvar = jt.array(run.latent_cache["logvar"][pick].astype(np.float32))
         else:
             mean, logvar = run.vae.encode(jt.array(batch["image"]))
-        z = ((mean + (0.5 * logvar).exp() * parallel.randn(mean.shape)) * run.scale).numpy()  # (B, 4, h, w)
-    styles = []  # the reference: a random crop of the same photo (pooled statistics only)
-    for img, lat, (y0, x0, y1, x1) in zip(to_uint8(batch["image"]), z, crops):
-        styles.append(style_features(img[y0:y1, x0:x1], lat[:, y0 // 8:y1 // 8, x0 // 8:x1 // 8]))
-    mask = one_hot(batch["label"]) * keep_mask[:, None, None, None]
-    style = np.stack(styles) * keep_style[:, None]
-    return z, mask, style, t
+        z = (posterior_sample(mean, logvar, parallel.randn(mean.shape)) * run.scale).numpy()  # (B, 4, h, w)
+        z_mean = (mean * run.scale).numpy()
+    # the reference: a random crop of the same photo (pooled statistics only), as generation sees one
+    images = to_uint8(batch["image"])
+    refs = [img[y0:y1, x0:x1] for img, (y0, x0, y1, x1) in zip(images, crops)]
+    ref_latents = [lat[:, y0 // 8:y1 // 8, x0 // 8:x1 // 8] for lat, (y0, x0, y1, x1) in zip(z_mean, crops)]
+    cond = conditions(batch["label"], refs, ref_latents, dropped)
+    return z, cond["mask"], cond["style"], t
 
 
 def train_step(run, micro_batches):
@@ -207,11 +173,12 @@ def train_step(run, micro_batches):
 def sample_grid(run, val, path):
     """Held-out labels with references from *other* held-out photos: label | reference | sample | real."""
     from jmodels import generate
+    from jmodels.conditioning import conditions
     from jmodels.imageio import colorize, save_grid, to_uint8
     n = min(4, len(val["image"]))
     refs = np.roll(np.arange(len(val["image"])), 1)[:n]
     ref_latents = generate.encode_mean(run.vae, val["image"][refs], run.scale)
-    cond = generate.conditions(val["label"][:n], to_uint8(val["image"][refs]), ref_latents)
+    cond = conditions(val["label"][:n], to_uint8(val["image"][refs]), ref_latents)
     noise = np.random.default_rng(run.cfg["seed"]).standard_normal(ref_latents.shape).astype(np.float32)
     z, _ = generate.sample(run.ema.twin, run.diffusion, cond, noise, steps=run.cfg["sample_steps"],
                            guidance=run.cfg["guidance"])
@@ -227,11 +194,11 @@ def main(argv=None):
     from jmodels.runtime import init_jittor, memory
     jt = init_jittor(seed=cfg["seed"], precision=cfg["precision"])
     import dataset
-    from jmodels import parallel
+    from jmodels import parallel, pipeline
 
     out = Path(cfg["out"])
     unet_config, diffusion_config = configs(cfg)
-    vae, scale = load_vae(cfg["vae"])
+    vae, scale = pipeline.load_vae(cfg["vae"])
     train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
     train_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems,
                                     max_zoom=1.0 if cfg["cache_latents"] else 1.25)
@@ -239,21 +206,22 @@ def main(argv=None):
     val = dataset.collate([val_set.load(i) for i in range(min(8, len(val_set)))])
     loader = dataset.BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
                                  world_size=jt.world_size, workers=cfg["workers"])
-    run = Run(cfg, unet_config, diffusion_config, vae, scale)
+    run = new_state(cfg, unet_config, diffusion_config, vae, scale)
     if cfg["cache_latents"]:
         plain = dataset.PairDataset(cfg["data"], cfg["size"], augment=False, stems=train_stems)
         source = f"{Path(cfg['vae']).resolve()}@{Path(cfg['vae']).stat().st_mtime_ns}:{cfg['size']}"
         run.latent_cache = latent_cache(vae, plain, out / "latents.npz", cfg["batch_size"], source)
     ckpt = out / "ckpt.npz"
     if ckpt.exists():
-        run.load(ckpt)
+        resume(run, ckpt)
         parallel.print0(f"resuming {ckpt} at step {run.step}")
         if run.step >= cfg["max_steps"]:
             parallel.print0(f"already trained: step {run.step}")
             return run.meta()
     n_params = sum(int(np.prod(p.shape)) for p in run.model.parameters())
     parallel.print0(f"UNet: {n_params / 1e6:.2f} M parameters; latents {cfg['size'][0] // 8}x{cfg['size'][1] // 8}, "
-                    f"scale {scale:.4f}; {jt.world_size} process(es), global batch {cfg['batch_size']}")
+                    f"scale {scale:.4f}; {jt.world_size} process(es), global batch {cfg['batch_size']}; augmentation: "
+                    + ("flips only (--cache_latents: no zoom)" if cfg["cache_latents"] else "flips and zoom up to 1.25"))
     save, grid = parallel.on_main(run.save), parallel.on_main(sample_grid)
     log = parallel.open_log(out / "log.jsonl")
     batches = loader.forever(start_step=run.step * cfg["accum"])

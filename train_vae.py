@@ -43,53 +43,24 @@ def vae_config(cfg):
                      norm_groups=cfg["norm_groups"])
 
 
-class Run:
-    """Everything a training run holds: networks, EMA twin, optimizers and the step."""
-
-    def __init__(self, cfg, config):
-        import jittor as jt
-        from jmodels import parallel
-        from jmodels.discriminator import NLayerDiscriminator
-        from jmodels.ema import EMA
-        from jmodels.optim import AdamW, LossScale
-        from jmodels.vae import AutoencoderKL
-        self.cfg, self.config, self.step = cfg, config, 0
-        self.model = AutoencoderKL(config)
-        self.disc = NLayerDiscriminator(3, cfg["disc_ndf"], cfg["disc_layers"])
-        parallel.start_equal(self.model, self.disc)
-        self.ema = EMA(self.model, AutoencoderKL(config), cfg["ema_decay"])
-        fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
-        kw = dict(lr=cfg["lr"], betas=(0.5, 0.9), weight_decay=cfg["weight_decay"], grad_clip=cfg["grad_clip"])
-        self.opt = AdamW(self.model.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw)
-        self.opt_d = AdamW(self.disc.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw)
-
-    def meta(self, **extra):
-        return dict(kind="vae", step=self.step, config=self.config.to_dict(), train=self.cfg,
-                    ema_updates=self.ema.updates, opt=self.opt.state_meta(), opt_d=self.opt_d.state_meta(),
-                    **extra)
-
-    def save(self, path, **extra):
-        from jmodels import checkpoint
-        from jmodels.checkpoint import state_arrays
-        checkpoint.save(path, self.meta(**extra), model=state_arrays(self.model),
-                        ema=state_arrays(self.ema.twin), disc=state_arrays(self.disc),
-                        opt=self.opt.state_arrays(), opt_d=self.opt_d.state_arrays())
-
-    def load(self, path):
-        """Resume: every group strictly; the architecture in the file must be this run's."""
-        from jmodels import checkpoint
-        meta, groups = checkpoint.load(path)
-        if meta.get("kind") != "vae" or type(self.config).from_dict(meta["config"]) != self.config:
-            raise checkpoint.CheckpointError(
-                f"{path}: written for config {meta.get('config')}, this run is {self.config.to_dict()}; "
-                "use another --out or the same architecture flags")
-        checkpoint.load_into(self.model, groups["model"], f"{path} [model]")
-        checkpoint.load_into(self.ema.twin, groups["ema"], f"{path} [ema]")
-        checkpoint.load_into(self.disc, groups["disc"], f"{path} [disc]")
-        self.opt.load_state(groups["opt"], meta["opt"])
-        self.opt_d.load_state(groups["opt_d"], meta["opt_d"])
-        self.step, self.ema.updates = int(meta["step"]), int(meta["ema_updates"])
-        return meta
+def new_state(cfg, config):
+    """A fresh stage-1 run: the autoencoder, its EMA twin, the discriminator and one optimizer each."""
+    import jittor as jt
+    from jmodels import parallel
+    from jmodels.discriminator import NLayerDiscriminator
+    from jmodels.ema import EMA
+    from jmodels.optim import AdamW, LossScale
+    from jmodels.train_state import TrainState
+    from jmodels.vae import AutoencoderKL
+    model = AutoencoderKL(config)
+    disc = NLayerDiscriminator(3, cfg["disc_ndf"], cfg["disc_layers"])
+    parallel.start_equal(model, disc)
+    fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
+    kw = dict(lr=cfg["lr"], betas=(0.5, 0.9), weight_decay=cfg["weight_decay"], grad_clip=cfg["grad_clip"])
+    return TrainState("vae", config, cfg, {"model": model, "disc": disc},
+                      EMA(model, AutoencoderKL(config), cfg["ema_decay"]),
+                      {"opt": AdamW(model.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw),
+                       "opt_d": AdamW(disc.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw)})
 
 
 def train_step(run, micro_batches):
@@ -142,12 +113,13 @@ def reconstruct(model, images, batch_size):
 def latent_scale(model, dataset, n_images, batch_size):
     """1 / std of posterior samples over training images: makes stage 2's latents unit-variance."""
     import jittor as jt
+    from jmodels.vae import posterior_sample
     zs = []
     with jt.no_grad():
         for i in range(0, min(n_images, len(dataset)), batch_size):
             x = np.stack([dataset.load(j)["image"] for j in range(i, min(i + batch_size, n_images, len(dataset)))])
             mean, logvar = model.encode(jt.array(x))
-            zs.append((mean + (0.5 * logvar).exp() * jt.randn(mean.shape)).numpy())
+            zs.append(posterior_sample(mean, logvar, jt.randn(mean.shape)).numpy())
     return float(1.0 / np.concatenate(zs).std())
 
 
@@ -157,7 +129,7 @@ def load_init(path):
     if str(path).endswith(".npz"):
         meta, groups = checkpoint.load(path)
         return meta["config"], groups.get("ema", groups["model"])
-    from tools.import_weights import load_public_vae
+    from jmodels.public_vae import load_public_vae
     return load_public_vae(path)
 
 
@@ -181,7 +153,7 @@ def main(argv=None):
                                                    for i in range(min(128, len(val_stems))))])
     loader = dataset.BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
                                  world_size=jt.world_size, workers=cfg["workers"])
-    run = Run(cfg, config)
+    run = new_state(cfg, config)
     ckpt = out / "ckpt.npz"
     if ckpt.exists():
         meta = run.load(ckpt)

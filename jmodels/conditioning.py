@@ -5,12 +5,16 @@ mean and std of each latent channel, and a "present" flag), so it carries the re
 and mood but, by construction, none of its layout: the network cannot copy structure through it.
 During training the reference is a random crop of the target photo, so its statistics vary as
 another photo's would. All zeros is "no style" (the flag is 0), for guidance.
+
+`conditions` builds the UNet's condition dict for training and for generation alike: the same
+statistics of the same latent (the posterior mean), the same null (zeros) for a dropped condition.
 """
 import numpy as np
 
+from .classes import NUM_CLASSES
 from .color import rgb_to_lab
 
-NUM_CLASSES = 29
+CONDITIONS = ("mask", "style")  # the UNet's named conditions; all zeros is each one's null
 HIST_BINS = 4
 LATENT_CHANNELS = 4
 STYLE_DIM = 6 + HIST_BINS ** 3 + 2 * LATENT_CHANNELS + 1  # 79
@@ -34,6 +38,32 @@ def style_features(image, latent):
     hist = np.sqrt(hist / hist.sum())  # Hellinger scaling: small bins still register
     z = np.asarray(latent, np.float64).reshape(LATENT_CHANNELS, -1)
     return np.concatenate([lab_part, hist, z.mean(1), z.std(1), [1.0]]).astype(np.float32)
+
+
+def conditions(labels, refs, ref_latents, dropped=None):
+    """The UNet's condition dict as numpy: {"mask": (B, 29, H, W) one-hot, "style": (B, STYLE_DIM)}.
+
+    labels (B, H, W) class ids; refs: B reference images (h_i, w_i, 3) uint8 of any sizes; ref_latents:
+    their scaled posterior *means* (4, h_i/8, w_i/8). The mean, not a posterior sample: the style
+    vector should describe the reference, and a sample's per-channel std would add the posterior's
+    noise, which generation (deterministic, from the mean) never sees. dropped: {name: (B,) bool}
+    rows set to their null, for classifier-free guidance's condition dropout.
+    """
+    cond = {"mask": one_hot(labels),
+            "style": np.stack([style_features(im, z) for im, z in zip(refs, ref_latents)])}
+    for name, rows in (dropped or {}).items():
+        if name not in cond:
+            raise ValueError(f"unknown condition {name!r}; one of {list(CONDITIONS)}")
+        cond[name][np.asarray(rows, bool)] = 0.0
+    return cond
+
+
+def withhold(cond, names):
+    """`cond` with the named conditions replaced by their null (zeros) for every row: an ablation's input."""
+    unknown = set(names) - set(CONDITIONS)
+    if unknown:
+        raise ValueError(f"unknown condition(s) {sorted(unknown)}; one of {list(CONDITIONS)}")
+    return {k: v * 0 if k in names else v for k, v in cond.items()}
 
 
 def reference_crop(rng, size_hw, min_side=0.5):

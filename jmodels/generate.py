@@ -1,18 +1,16 @@
-"""From conditions to latents and images: the one generation path shared by train_ldm.py's sample
-grids and test.py. The UNet, the VAE and the diffusion math meet here and nowhere else.
+"""From conditions to latents and images: the sampling loop shared by train_ldm.py's sample grids and
+`jmodels.pipeline` (test.py, the report, the studio). The UNet, the VAE and the diffusion math meet
+here and nowhere else.
 
 A run: encode the reference (its latent gives the style statistics and, for image-to-image, the
-start), build the one-hot mask, then sample with guidance over an explicit timestep list.
+start), build the conditions (`jmodels.conditioning.conditions`), then sample with guidance over an
+explicit timestep list.
 """
 import jittor as jt
 import numpy as np
 
-from .conditioning import one_hot, style_features
 from .diffusion import spaced_timesteps
 from .samplers import SAMPLERS, cfg_denoiser, noised_start
-
-NULLS = {"mask": jt.zeros_like, "style": jt.zeros_like}
-
 
 VAE_CHUNK = 2  # images per VAE call: full-size activations are large (the UNet batch is not limited)
 
@@ -31,26 +29,16 @@ def decode(vae, z, scale):
                                for i in range(0, len(z), VAE_CHUNK)])
 
 
-def conditions(labels, ref_images_uint8, ref_latents):
-    """Label maps (B, H, W) and references -> the UNet's condition dict (Jittor Vars)."""
-    style = np.stack([style_features(im, z) for im, z in zip(ref_images_uint8, ref_latents)])
-    return {"mask": jt.array(one_hot(labels)), "style": jt.array(style)}
-
-
-def withhold(cond, names):
-    """The condition dict with the named conditions replaced by their null (zeros): an ablation's input."""
-    unknown = set(names) - NULLS.keys()
-    if unknown:
-        raise ValueError(f"unknown condition(s) {sorted(unknown)}; one of {sorted(NULLS)}")
-    return {k: NULLS[k](v) if k in names else v for k, v in cond.items()}
-
-
 def sample(unet, diffusion, cond, noise, steps=20, sampler="dpmpp_2m", guidance=2.0, drop=("mask", "style"),
            strength=1.0, x_ref=None, spacing="logsnr"):
     """Latents from conditions: pure noise (strength 1) or `x_ref` noised to `strength`.
 
-    noise: (B, 4, h, w) numpy, the sampler's starting noise. Returns (latents numpy, UNet calls per image).
+    cond: {"mask", "style"} numpy arrays (`conditioning.conditions`); noise: (B, 4, h, w) numpy, the
+    sampler's starting noise. Returns (latents numpy, UNet calls per image), the calls counted as the
+    network receives them (a guided call of 2B rows counts 2 per image).
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; one of {sorted(SAMPLERS)}")
     ts = spaced_timesteps(diffusion.alphas_cumprod, steps, strength, spacing)
     if strength < 1.0:
         if x_ref is None:
@@ -58,18 +46,17 @@ def sample(unet, diffusion, cond, noise, steps=20, sampler="dpmpp_2m", guidance=
         x = noised_start(jt.array(x_ref), int(ts[0]), diffusion.alphas_cumprod, jt.array(noise))
     else:
         x = jt.array(noise)
-
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; one of {sorted(SAMPLERS)}")
+    rows = [0]
 
     def model_fn(x_t, t, c):
+        rows[0] += x_t.shape[0]
         out = unet(x_t, jt.array(t), c["mask"], c["style"])
         out.sync()  # run each step now: Jittor is lazy, and the loop must not grow one graph of all steps
         return out
 
-    nulls = {k: NULLS[k] for k in drop}
-    den = cfg_denoiser(model_fn, diffusion.to_x0_eps, cond, guidance, nulls, jt.concat)
+    nulls = {k: jt.zeros_like for k in drop}
+    den = cfg_denoiser(model_fn, diffusion.to_x0_eps, {k: jt.array(v) for k, v in cond.items()},
+                       guidance, nulls, jt.concat)
     with jt.no_grad():
         z = SAMPLERS[sampler](den, x, ts, diffusion.alphas_cumprod).numpy()
-    calls = len(ts) * (2 if guidance != 1.0 and drop else 1)
-    return z, calls
+    return z, rows[0] // len(noise)

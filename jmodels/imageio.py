@@ -5,6 +5,13 @@ import numpy as np
 from PIL import Image
 
 from .atomic import atomic_file
+from .classes import NUM_CLASSES
+
+
+def to_unit(images):
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 in [-1, 1], contiguous: the networks' input."""
+    x = np.moveaxis(np.asarray(images), -1, -3).astype(np.float32) / 127.5 - 1.0
+    return np.ascontiguousarray(x)
 
 
 def to_uint8(x):
@@ -40,7 +47,7 @@ def save_jpeg(image, path):
         Image.fromarray(image).save(f, format="JPEG", quality=95, subsampling=0)
 
 
-def palette(num_classes=29, seed=3):
+def palette(num_classes=NUM_CLASSES, seed=3):
     """A fixed colour per class, for showing label maps."""
     return np.random.default_rng(seed).integers(40, 256, (num_classes, 3)).astype(np.uint8)
 

@@ -139,18 +139,14 @@ _GN_BACKWARD = """
 """
 
 
-def group_norm(channels, groups, eps=1e-6):
-    return GroupNorm(groups, channels, eps=eps, affine=True)
-
-
 class ResnetBlock(nn.Module):
     """GroupNorm-SiLU-Conv twice, plus a 1x1 shortcut when the width changes."""
 
     def __init__(self, in_channels, out_channels, groups, eps=1e-6):
         super().__init__()
-        self.norm1 = group_norm(in_channels, groups, eps)
+        self.norm1 = GroupNorm(groups, in_channels, eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = group_norm(out_channels, groups, eps)
+        self.norm2 = GroupNorm(groups, out_channels, eps)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.conv_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
@@ -169,7 +165,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = 1 if head_dim is None else channels // head_dim
         assert channels % self.heads == 0, f"{channels} channels do not split into {self.heads} heads"
-        self.group_norm = group_norm(channels, groups, eps)
+        self.group_norm = GroupNorm(groups, channels, eps)
         self.to_q = nn.Linear(channels, channels)
         self.to_k = nn.Linear(channels, channels)
         self.to_v = nn.Linear(channels, channels)

@@ -11,12 +11,13 @@ import jittor as jt
 from jittor import nn
 
 from .checkpoint import SavedConfig
+from .classes import NUM_CLASSES
 from .layers import GroupNorm, upsample_nearest
 
 
 @dataclass(frozen=True)
 class SegmenterConfig(SavedConfig):
-    num_classes: int = 29
+    num_classes: int = NUM_CLASSES
     ch: int = 32
     ch_mult: tuple = (1, 2, 4, 8)
     norm_groups: int = 8

@@ -16,7 +16,8 @@ import jittor as jt
 from jittor import init, nn
 
 from .checkpoint import SavedConfig
-from .layers import GroupNorm, SelfAttention, Upsample, group_norm
+from .classes import NUM_CLASSES
+from .layers import GroupNorm, SelfAttention, Upsample
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class UNetConfig(SavedConfig):
     num_res_blocks: int = 2
     attn_levels: tuple = (2, 3)  # levels (0 = full latent resolution) with self-attention
     head_dim: int = 64
-    num_classes: int = 29
+    num_classes: int = NUM_CLASSES
     style_dim: int = 79
     spade_hidden: int = 128
     norm_groups: int = 32
@@ -36,7 +37,6 @@ class UNetConfig(SavedConfig):
     @property
     def factor(self):
         return 2 ** (len(self.ch_mult) - 1)
-
 
 
 def timestep_embedding(t, dim, max_period=10000):
@@ -102,7 +102,22 @@ class Block(nn.Module):
         return x if self.attn is None else self.attn(x)
 
 
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv (the ADM UNet's, symmetric padding: latent sides divide exactly)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def execute(self, x):
+        return self.conv(x)
+
+
 class UNet(nn.Module):
+    """guided-diffusion's layout: `input_blocks` (the input conv, res-blocks and downsamplers, each
+    output kept as a skip), `middle`, and `output_blocks` (res-blocks that each take one skip, and
+    upsamplers) walked in order with a skip stack."""
+
     def __init__(self, config: UNetConfig = UNetConfig()):
         super().__init__()
         c = self.config = config
@@ -110,25 +125,25 @@ class UNet(nn.Module):
         widths = [c.ch * m for m in c.ch_mult]
         self.time_embed = nn.Sequential(nn.Linear(c.ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.style_embed = nn.Sequential(nn.Linear(c.style_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv2d(c.in_channels, widths[0], 3, padding=1)
-        self.down, self.downsample, skips, ch = nn.ModuleList(), nn.ModuleList(), [widths[0]], widths[0]
+        self.input_blocks = nn.ModuleList([nn.Conv2d(c.in_channels, widths[0], 3, padding=1)])
+        skips, ch = [widths[0]], widths[0]
         for lvl, w in enumerate(widths):
             for _ in range(c.num_res_blocks):
-                self.down.append(Block(ch, w, emb_dim, c, lvl in c.attn_levels))
+                self.input_blocks.append(Block(ch, w, emb_dim, c, lvl in c.attn_levels))
                 ch = w
                 skips.append(ch)
             if lvl < len(widths) - 1:
-                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                self.input_blocks.append(Downsample(ch))
                 skips.append(ch)
-        self.mid = nn.ModuleList([Block(ch, ch, emb_dim, c, True), Block(ch, ch, emb_dim, c, False)])
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        self.middle = nn.ModuleList([Block(ch, ch, emb_dim, c, True), Block(ch, ch, emb_dim, c, False)])
+        self.output_blocks = nn.ModuleList()
         for lvl in reversed(range(len(widths))):
             for _ in range(c.num_res_blocks + 1):
-                self.up.append(Block(ch + skips.pop(), widths[lvl], emb_dim, c, lvl in c.attn_levels))
+                self.output_blocks.append(Block(ch + skips.pop(), widths[lvl], emb_dim, c, lvl in c.attn_levels))
                 ch = widths[lvl]
             if lvl > 0:
-                self.upsample.append(Upsample(ch))
-        self.norm_out = group_norm(ch, c.norm_groups)
+                self.output_blocks.append(Upsample(ch))
+        self.norm_out = GroupNorm(c.norm_groups, ch)
         self.conv_out = zero_module(nn.Conv2d(ch, c.in_channels, 3, padding=1))
 
     def check_inputs(self, x, t, mask, style):
@@ -147,23 +162,22 @@ class UNet(nn.Module):
         emb = self.time_embed(timestep_embedding(t, self.config.ch)) + self.style_embed(style)
         masks = {}
 
-        def mask_at(h):  # NEAREST resize by pixel-centre sampling, cached per resolution
-            if h not in masks:
-                s = mask.shape[2] // h
-                masks[h] = mask[:, :, s // 2::s, s // 2::s] if s > 1 else mask
-            return masks[h]
+        def mask_at(h):  # the label map at h's resolution: NEAREST by pixel-centre sampling, cached
+            side = h.shape[2]
+            if side not in masks:
+                s = mask.shape[2] // side
+                masks[side] = mask[:, :, s // 2::s, s // 2::s] if s > 1 else mask
+            return masks[side]
 
-        n, hs = self.config.num_res_blocks, [self.conv_in(x)]
-        for lvl in range(len(self.config.ch_mult)):
-            for i in range(n):
-                hs.append(self.down[lvl * n + i](hs[-1], emb, mask_at(hs[-1].shape[2])))
-            if lvl < len(self.downsample):
-                hs.append(self.downsample[lvl](hs[-1]))
-        h = hs[-1]
-        for block in self.mid:
-            h = block(h, emb, mask_at(h.shape[2]))
-        for j, block in enumerate(self.up):
-            h = block(jt.concat([h, hs.pop()], dim=1), emb, mask_at(h.shape[2]))
-            if (j + 1) % (n + 1) == 0 and (j + 1) // (n + 1) <= len(self.upsample):
-                h = self.upsample[(j + 1) // (n + 1) - 1](h)
+        h, skips = x, []
+        for block in self.input_blocks:
+            h = block(h, emb, mask_at(h)) if isinstance(block, Block) else block(h)
+            skips.append(h)
+        for block in self.middle:
+            h = block(h, emb, mask_at(h))
+        for block in self.output_blocks:
+            if isinstance(block, Block):
+                h = block(jt.concat([h, skips.pop()], dim=1), emb, mask_at(h))
+            else:
+                h = block(h)
         return self.conv_out(nn.silu(self.norm_out(h)))

@@ -11,7 +11,7 @@ import jittor as jt
 from jittor import nn
 
 from .checkpoint import SavedConfig
-from .layers import Downsample, ResnetBlock, SelfAttention, Upsample, group_norm
+from .layers import Downsample, GroupNorm, ResnetBlock, SelfAttention, Upsample
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Encoder(nn.Module):
             Level(widths[max(i - 1, 0)], w, c.num_res_blocks, c.norm_groups,
                   "down" if i < len(widths) - 1 else None) for i, w in enumerate(widths)])
         self.mid_block = MidBlock(widths[-1], c.norm_groups)
-        self.conv_norm_out = group_norm(widths[-1], c.norm_groups)
+        self.conv_norm_out = GroupNorm(c.norm_groups, widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], 2 * c.latent_channels, 3, padding=1)
 
     def execute(self, x):
@@ -91,7 +91,7 @@ class Decoder(nn.Module):
         self.up_blocks = nn.ModuleList([
             Level(widths[max(i - 1, 0)], w, c.num_res_blocks + 1, c.norm_groups,
                   "up" if i < len(widths) - 1 else None) for i, w in enumerate(widths)])
-        self.conv_norm_out = group_norm(widths[-1], c.norm_groups)
+        self.conv_norm_out = GroupNorm(c.norm_groups, widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], c.in_channels, 3, padding=1)
 
     def execute(self, z):
@@ -129,12 +129,17 @@ class AutoencoderKL(nn.Module):
         mean + std * noise when `noise` (B, 4, H/8, W/8) is given, else the mean. The caller draws
         the noise, so that training decides how it is seeded (jmodels/parallel.py)."""
         mean, logvar = self.encode(x)
-        z = mean + jt.exp(0.5 * logvar) * noise if noise is not None else mean
+        z = posterior_sample(mean, logvar, noise) if noise is not None else mean
         return self.decode(z), mean, logvar
 
     def last_layer(self):
         """The weight the adaptive GAN weight is measured on (latent-diffusion's `get_last_layer`)."""
         return self.decoder.conv_out.weight
+
+
+def posterior_sample(mean, logvar, noise):
+    """z = mean + std * noise, the reparameterised draw from N(mean, exp(logvar)) (Kingma & Welling 2014)."""
+    return mean + (0.5 * logvar).exp() * noise
 
 
 def kl_divergence(mean, logvar):

@@ -42,8 +42,8 @@ def tiny_run(run, size=(64, 48), **train):
     """A run folder with tiny random VAE and UNet checkpoints (vae/ckpt.npz, ldm/ckpt.npz), as test.py reads
     them; weights perturbed away from init (a fresh UNet outputs zeros: a test would prove little).
     `train`: more of the training config both checkpoints record (data, holdout, seed)."""
+    from helpers import perturbed
     from jmodels import checkpoint
-    from jmodels.checkpoint import state_arrays
     from jmodels.conditioning import STYLE_DIM
     from jmodels.diffusion import DiffusionConfig
     from jmodels.unet import UNet, UNetConfig
@@ -51,11 +51,6 @@ def tiny_run(run, size=(64, 48), **train):
     unet = UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=16, spade_hidden=16,
                       norm_groups=8, style_dim=STYLE_DIM)
     vae = VAEConfig(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4)
-
-    def perturbed(module, seed):
-        rng = np.random.default_rng(seed)
-        return {k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32)
-                for k, v in state_arrays(module).items()}
 
     vae_w, unet_w = perturbed(AutoencoderKL(vae), 0), perturbed(UNet(unet), 1)
     train = {"size": list(size), "batch_size": 2, **train}

@@ -72,6 +72,9 @@ def test_bad_inputs_stop_before_any_network_work(setup, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit, match="is a file, not a folder"):
         run_entry(setup, tmp_path / "file")
+    with pytest.raises(SystemExit, match=r"file/results cannot be made: .*file is a file, not a folder"):
+        entry.main(["--input_path", str(demo / "test"), "--img_path", str(demo / "train"), "--output_path",
+                    str(tmp_path / "file" / "results"), "--run", str(tmp_path / "no_run")])  # before the run is looked up
     with pytest.raises(SystemExit, match=r"reference image\(s\) named in label_to_img.json do not exist"):
         entry.main(["--input_path", str(demo / "test"), "--img_path", str(tmp_path), "--output_path",
                     str(tmp_path / "r"), "--run", str(run)])
@@ -112,11 +115,60 @@ def test_without_style_the_reference_no_longer_matters(setup, tmp_path):
         outputs(demo / "test", tmp_path / "e", "--without", "colour")
 
 
-def test_calls_per_image_stay_within_40_by_default():
-    cfg = entry.DEFAULTS
-    from jmodels.diffusion import GaussianDiffusion, spaced_timesteps
-    ts = spaced_timesteps(GaussianDiffusion().alphas_cumprod, cfg["steps"], cfg["strength"])
-    assert len(ts) * 2 <= 40
+def test_calls_per_image_stay_within_40_by_default(setup, tmp_path, monkeypatch, capsys):
+    """The UNet's calls counted as it receives them, with test.py's default settings, against the summary."""
+    from jmodels.unet import UNet
+    rows, execute = [], UNet.execute
+    monkeypatch.setattr(UNet, "execute", lambda self, x, *a: rows.append(x.shape[0]) or execute(self, x, *a))
+    demo, run = setup
+    assert entry.main(["--input_path", str(demo / "test"), "--img_path", str(demo / "train"), "--output_path",
+                       str(tmp_path / "r"), "--run", str(run), "--batch_size", "5", "--zip", "0"]) == 0
+    per_image = sum(rows) // 5
+    assert sum(rows) % 5 == 0 and 20 < per_image <= 40  # guided: two rows per image and step
+    assert f"{per_image} UNet calls per image" in capsys.readouterr().out
+
+
+def test_generation_flags_change_what_they_name(setup, tmp_path, capsys):
+    """--drop, --sampler, --color_per_class and --weights each change the outputs (or the calls) as named."""
+    base = digests_of(setup, tmp_path / "base")
+    assert digests_of(setup, tmp_path / "ddim", "--sampler", "ddim") != base
+    assert digests_of(setup, tmp_path / "drop_mask", "--drop", "mask") != base
+    assert digests_of(setup, tmp_path / "global_colour", "--color_per_class", "0") != base
+    capsys.readouterr()
+    unguided = digests_of(setup, tmp_path / "no_drop", "--drop", "")  # nothing dropped: no unconditional branch
+    assert unguided == digests_of(setup, tmp_path / "g1", "--guidance", "1")
+    assert ", 3 UNet calls per image" in capsys.readouterr().out  # 3 steps, one call each
+    assert digests_of(setup, tmp_path / "raw", "--weights", "raw") == base  # tiny_run: raw weights = EMA weights
+    with pytest.raises(SystemExit, match="--drop colour: conditions are mask and style"):
+        digests_of(setup, tmp_path / "bad", "--drop", "colour")
+
+
+def test_raw_weights_are_the_model_group(setup, tmp_path):
+    from helpers import perturbed
+    from jmodels.unet import UNet, UNetConfig
+    demo, run = setup
+    meta, groups = checkpoint.load(run / "ldm/ckpt.npz")
+    other = tmp_path / "ldm.npz"
+    unet = UNet(UNetConfig.from_dict(meta["config"]))
+    checkpoint.load_into(unet, groups["model"])
+    checkpoint.save(other, meta, model=perturbed(unet, 5), ema=groups["ema"])
+    ema = digests_of(setup, tmp_path / "ema", "--ldm", str(other))
+    assert ema == digests_of(setup, tmp_path / "base")
+    assert digests_of(setup, tmp_path / "raw", "--ldm", str(other), "--weights", "raw") != ema
+
+
+def test_an_old_unet_checkpoint_fails_with_a_clear_message(setup, tmp_path):
+    demo, run = setup
+    meta, groups = checkpoint.load(run / "ldm/ckpt.npz")
+    old = {k.replace("input_blocks.", "down."): v for k, v in groups["ema"].items()}
+    checkpoint.save(tmp_path / "old.npz", meta, model=old, ema=old)
+    with pytest.raises(checkpoint.CheckpointError, match="UNet layout before input_blocks"):
+        digests_of(setup, tmp_path / "r", "--ldm", str(tmp_path / "old.npz"))
+
+
+def digests_of(setup, out, *extra):
+    run_entry(setup, out, "--zip", "0", *extra)
+    return digests(out)
 
 
 def test_colour_transfer_matches_per_class_means_and_keeps_the_layout():

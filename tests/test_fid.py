@@ -1,4 +1,7 @@
-"""FID: the Fréchet distance in closed form, and the Inception features with random weights."""
+"""FID: the Fréchet distance in closed form, the Inception features with random weights, and both against
+pytorch-fid 0.3.0 on the same random weights (tests/fixtures/fid_pytorch.npz, tools/make_fid_fixture.py)."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,7 +21,7 @@ def test_frechet_distance_of_known_gaussians():
 def test_inception_features_give_zero_against_themselves_and_symmetric_distances():
     from jmodels.runtime import init_jittor
     init_jittor(seed=0)
-    from jmodels.inception import FIDInceptionV3
+    from tools.inception import FIDInceptionV3
     from tools.fid import features
     model = FIDInceptionV3()
     model.eval()
@@ -38,8 +41,8 @@ def test_inception_features_give_zero_against_themselves_and_symmetric_distances
 def test_weights_file_loads_strictly_without_the_classifier(tmp_path):
     from jmodels.runtime import init_jittor
     init_jittor(seed=0)
-    from jmodels.inception import FIDInceptionV3
-    from test_vae import write_safetensors
+    from tools.inception import FIDInceptionV3
+    from helpers import write_safetensors
     from tools.fid import features, load_fid_inception
     model = FIDInceptionV3()
     model.eval()
@@ -54,3 +57,31 @@ def test_weights_file_loads_strictly_without_the_classifier(tmp_path):
     from jmodels.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match=r"missing \(1\): Mixed_7c.branch_pool.bn.running_var"):
         load_fid_inception(tmp_path / "bad.safetensors")
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "fid_pytorch.npz"
+
+
+def test_features_and_fid_equal_pytorch_fids_on_the_same_weights():
+    """pytorch-fid's InceptionV3 (its own FIDInceptionA..E code, weights regenerated from the fixture's seed
+    by numpy) read 4 images at 512x384 and 4 at 96x72 from PNG files: our features equal its 2048-d
+    features to 1e-4 and our FID of the two sets equals its calculate_frechet_distance to 1e-3."""
+    from jmodels.runtime import init_jittor
+    init_jittor(seed=0)
+    from tools.fid import features, fid_inception_from_state, frechet_distance, statistics
+    from tools.inception import FIDInceptionV3
+    from tools.make_fid_fixture import random_fid_state, read_png, weights_digest
+    ref = np.load(FIXTURE)
+    state = random_fid_state({k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items()}, int(ref["seed"]))
+    assert weights_digest(state) == str(ref["digest"]), "numpy drew other weights from the seed than the fixture's"
+    model = fid_inception_from_state(state, "random FID Inception")
+    ours, theirs = {}, {}
+    for k in "ab":
+        images = [read_png(ref[name]) for name in sorted(n for n in ref.files if n.startswith(f"png_{k}"))]
+        ours[k], theirs[k] = features(model, images, batch_size=len(images)), ref[f"features_{k}"].astype(np.float64)
+        assert ours[k].shape == (4, 2048) and np.abs(theirs[k]).max() > 1.0  # features of order one
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=0, atol=1e-4)
+    assert frechet_distance(*statistics(ours["a"]), *statistics(ours["b"])) == pytest.approx(float(ref["fid"]), abs=1e-3)
+    # their features through our Fréchet distance: the same formula, so the same number
+    assert frechet_distance(*statistics(theirs["a"]), *statistics(theirs["b"])) == pytest.approx(float(ref["fid"]),
+                                                                                                 abs=1e-9)

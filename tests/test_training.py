@@ -9,6 +9,7 @@ from jmodels import checkpoint  # noqa: E402
 from jmodels.ema import EMA  # noqa: E402
 from jmodels.optim import AdamW, LossScale  # noqa: E402
 import train_vae  # noqa: E402
+from helpers import VAE_TINY as TINY, vae_batches as batches, vae_state as new_run  # noqa: E402
 
 
 class Scalar(jt.nn.Module):
@@ -59,11 +60,18 @@ def test_loss_scale_skips_non_finite_steps_and_grows():
     assert scale.scale == 16.0 and opt.t == 2
 
 
-def test_grad_clip_bounds_the_update_direction():
+def test_grad_clip_scales_the_gradient_to_the_clip_norm():
+    """Adam's first step has size lr whatever the gradient's scale, so the update cannot show the clip;
+    the first moment can: m = (1 - b1) * g * clip / |g|."""
     m = Scalar(1.0)
-    opt = AdamW(m.named_parameters(), lr=0.1, grad_clip=1e-3)
-    opt.step((1000 * m.w).sum())
-    assert float(m.w) == pytest.approx(0.9, abs=1e-5)  # Adam normalises: first step is lr whatever the clip
+    opt = AdamW(m.named_parameters(), lr=0.1, betas=(0.9, 0.999), grad_clip=1e-3)
+    opt.step((1000 * m.w).sum())  # g = 1000, |g| = 1000: clipped to 1e-3
+    np.testing.assert_allclose(opt.state_arrays()["m/w"], [0.1 * 1e-3], rtol=1e-5)
+    np.testing.assert_allclose(opt.state_arrays()["v/w"], [0.001 * 1e-6], rtol=1e-5)
+    unclipped = Scalar(1.0)
+    opt = AdamW(unclipped.named_parameters(), lr=0.1, betas=(0.9, 0.999), grad_clip=1e4)  # above |g|: untouched
+    opt.step((1000 * unclipped.w).sum())
+    np.testing.assert_allclose(opt.state_arrays()["m/w"], [0.1 * 1000], rtol=1e-5)
 
 
 def test_ema_follows_the_warmed_up_decay():
@@ -114,23 +122,6 @@ def test_checkpoint_refuses_pickles_and_junk(tmp_path):
         checkpoint.load(tmp_path / "gone.npz")
 
 
-TINY = dict(train_vae.DEFAULTS, ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4, disc_ndf=8,
-            disc_layers=2, disc_start=2, batch_size=2, lr=1e-3)
-
-
-def batches(n):
-    rng = np.random.default_rng(3)
-    return [{"image": rng.uniform(-1, 1, (2, 3, 16, 24)).astype(np.float32)} for _ in range(n)]
-
-
-def new_run(cfg=TINY):
-    jt.sync_all()  # Jittor draws random init when ops run: flush pending ones, then seed
-    jt.set_global_seed(0)  # the same random init for every run built here
-    run = train_vae.Run(cfg, train_vae.vae_config(cfg))
-    jt.sync_all()
-    return run
-
-
 def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path):
     data = batches(5)
     straight = new_run()
@@ -150,16 +141,16 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_another_architecture(tmp_path):
-    run = train_vae.Run(TINY, train_vae.vae_config(TINY))
+    run = train_vae.new_state(TINY, train_vae.vae_config(TINY))
     run.save(tmp_path / "ckpt.npz")
     wider = dict(TINY, ch=16)
-    with pytest.raises(checkpoint.CheckpointError, match="ckpt.npz: written for config"):
-        train_vae.Run(wider, train_vae.vae_config(wider)).load(tmp_path / "ckpt.npz")
+    with pytest.raises(checkpoint.CheckpointError, match="ckpt.npz: written for vae config"):
+        train_vae.new_state(wider, train_vae.vae_config(wider)).load(tmp_path / "ckpt.npz")
 
 
 def test_training_reduces_the_reconstruction_loss():
     cfg = dict(TINY, disc_start=100, lr=3e-3)
-    run = train_vae.Run(cfg, train_vae.vae_config(cfg))
+    run = train_vae.new_state(cfg, train_vae.vae_config(cfg))
     yy, xx = np.mgrid[0:16, 0:24] / 8.0
     smooth = np.stack([np.sin(xx + c) * np.cos(yy - c) for c in (0.0, 1.0, 2.0)])[None].repeat(2, 0)
     data = [{"image": (0.8 * smooth).astype(np.float32)}]

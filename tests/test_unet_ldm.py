@@ -9,8 +9,8 @@ from jmodels import checkpoint, generate  # noqa: E402
 from jmodels.color import lab_to_rgb, rgb_to_lab  # noqa: E402
 from jmodels.conditioning import STYLE_DIM, one_hot, reference_crop, style_features  # noqa: E402
 from jmodels.unet import UNet, UNetConfig  # noqa: E402
-from jmodels.vae import AutoencoderKL, VAEConfig  # noqa: E402
 import train_ldm  # noqa: E402
+from helpers import LDM_TINY as CFG, CountingUNet, ldm_batch as batch, ldm_state, perturbed  # noqa: E402
 
 TINY = UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=16, spade_hidden=16,
                   norm_groups=8, style_dim=STYLE_DIM)
@@ -87,33 +87,6 @@ def test_unet_rejects_bad_shapes(bad, message):
         UNet(TINY)(*bad(*inputs()))
 
 
-CFG = dict(train_ldm.DEFAULTS, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=16,
-           spade_hidden=16, norm_groups=8, batch_size=2, lr=2e-3)
-
-
-def tiny_run(cfg=CFG):
-    """A run over a random tiny VAE whose posterior is made (almost) deterministic: log-variance -20,
-    so the latents of a batch are the same at every step and the UNet has a fixed target to fit."""
-    jt.sync_all()  # Jittor draws random init when ops run: flush pending ones, then seed
-    jt.set_global_seed(0)  # the same random init for every run built here
-    vae = AutoencoderKL(VAEConfig(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4))
-    w, b = vae.quant_conv.weight.numpy(), vae.quant_conv.bias.numpy()
-    w[4:], b[4:] = 0.0, -20.0
-    vae.quant_conv.weight.update(jt.array(w))
-    vae.quant_conv.bias.update(jt.array(b))
-    unet_config, diffusion_config = train_ldm.configs(cfg)
-    run = train_ldm.Run(cfg, unet_config, diffusion_config, vae, 1.0)
-    jt.sync_all()
-    return run
-
-
-def batch(seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:48]
-    label = np.where(yy < 16 + 4 * np.sin(xx / 6), 1, 12)[None].repeat(2, 0)  # sky over grass
-    return {"image": rng.uniform(-1, 1, (2, 3, 32, 48)).astype(np.float32), "label": label.astype(np.int32)}
-
-
 def fixed_loss(run, b, t=(150, 600)):
     """The weighted loss at fixed timesteps and noise (the training loss draws both at random)."""
     jt.set_global_seed(123)
@@ -128,7 +101,7 @@ def fixed_loss(run, b, t=(150, 600)):
 
 
 def test_tiny_unet_overfits_one_batch():
-    run = tiny_run(dict(CFG, p_drop_mask=0.0, p_drop_style=0.0))
+    run = ldm_state(dict(CFG, p_drop_mask=0.0, p_drop_style=0.0))
     fixed = [batch()]
     before = fixed_loss(run, fixed[0])
     for _ in range(60):
@@ -139,47 +112,85 @@ def test_tiny_unet_overfits_one_batch():
 
 def test_ldm_resume_matches_the_uninterrupted_run(tmp_path):
     data = [batch(i) for i in range(4)]
-    straight = tiny_run()
+    straight = ldm_state()
     expected = [train_ldm.train_step(straight, [b]) for b in data]
-    first = tiny_run()
+    first = ldm_state()
     for b in data[:2]:
         train_ldm.train_step(first, [b])
     first.save(tmp_path / "ckpt.npz")
-    resumed = tiny_run()
-    resumed.load(tmp_path / "ckpt.npz")
+    resumed = ldm_state()
+    train_ldm.resume(resumed, tmp_path / "ckpt.npz")
     assert [train_ldm.train_step(resumed, [b]) for b in data[2:]] == expected[2:]
-    other = tiny_run(dict(CFG, ch=8))
-    with pytest.raises(checkpoint.CheckpointError, match="another UNet or diffusion config"):
-        other.load(tmp_path / "ckpt.npz")
-    other_vae = tiny_run()
+    other = ldm_state(dict(CFG, ch=8))
+    with pytest.raises(checkpoint.CheckpointError, match="written for ldm config"):
+        train_ldm.resume(other, tmp_path / "ckpt.npz")
+    other_schedule = ldm_state(dict(CFG, schedule="cosine"))
+    with pytest.raises(checkpoint.CheckpointError, match="written for the diffusion config"):
+        train_ldm.resume(other_schedule, tmp_path / "ckpt.npz")
+    other_vae = ldm_state()
     other_vae.scale = 1.25  # what a retrained autoencoder measures
     with pytest.raises(checkpoint.CheckpointError, match="scaled by 1.0, but this --vae measures 1.25"):
-        other_vae.load(tmp_path / "ckpt.npz")
+        train_ldm.resume(other_vae, tmp_path / "ckpt.npz")
 
 
 def test_sampling_counts_calls_and_is_deterministic():
-    run = tiny_run()
+    from jmodels.checkpoint import load_into
+    from jmodels.conditioning import conditions
+    from jmodels.diffusion import spaced_timesteps
+    run = ldm_state()
+    load_into(run.model, perturbed(run.model, 1), "perturbed")  # a zero-output UNet would make any sampler agree
+    unet = CountingUNet(run.model)
     b = batch()
     z_ref = generate.encode_mean(run.vae, b["image"], 1.0)
-    cond = generate.conditions(b["label"], np.zeros((2, 32, 48, 3), np.uint8), z_ref)
+    cond = conditions(b["label"], np.zeros((2, 32, 48, 3), np.uint8), z_ref)
     noise = np.random.default_rng(0).standard_normal(z_ref.shape).astype(np.float32)
-    z1, calls = generate.sample(run.model, run.diffusion, cond, noise, steps=5, guidance=2.0)
+    z1, calls = generate.sample(unet, run.diffusion, cond, noise, steps=5, guidance=2.0)
+    assert (calls, unet.calls, unet.rows) == (10, 5, 20)  # 5 batched guided calls of 2 x 2 rows
     z2, _ = generate.sample(run.model, run.diffusion, cond, noise, steps=5, guidance=2.0)
-    assert calls == 10 and z1.shape == z_ref.shape
+    assert z1.shape == z_ref.shape
     np.testing.assert_array_equal(z1, z2)
-    _, calls = generate.sample(run.model, run.diffusion, cond, noise, steps=5, guidance=1.0)
-    assert calls == 5
-    z3, calls = generate.sample(run.model, run.diffusion, cond, noise, steps=20, strength=0.3, x_ref=z_ref)
-    assert calls <= 40
+    z_zero, _ = generate.sample(ldm_state().model, run.diffusion, cond, noise, steps=5, guidance=2.0)
+    assert np.abs(z_zero - z1).max() > 1e-2  # the sample depends on the network, not only on the noise
+    unet = CountingUNet(run.model)
+    _, calls = generate.sample(unet, run.diffusion, cond, noise, steps=5, guidance=1.0)
+    assert (calls, unet.rows) == (5, 10)
+    unet = CountingUNet(run.model)
+    _, calls = generate.sample(unet, run.diffusion, cond, noise, steps=20, strength=0.3, x_ref=z_ref)
+    n_ts = len(spaced_timesteps(run.diffusion.alphas_cumprod, 20, 0.3))
+    assert calls == unet.rows // 2 == 2 * n_ts and n_ts < 20
     with pytest.raises(ValueError, match="needs x_ref"):
         generate.sample(run.model, run.diffusion, cond, noise, strength=0.5)
+
+
+def test_training_and_generation_build_the_same_conditions(monkeypatch):
+    """The same photo as the reference of both paths (the training crop forced to the whole image): the
+    same style vector, from the posterior mean, and the same mask; a dropped condition is all zeros."""
+    from jmodels import conditioning
+    from jmodels.imageio import to_uint8
+    run = ldm_state(dict(CFG, p_drop_mask=0.0, p_drop_style=0.0))
+    run.vae.quant_conv.bias.update(jt.zeros(8))  # log-variance near 0: a posterior sample is far from the mean
+    b = batch()
+    monkeypatch.setattr(conditioning, "reference_crop", lambda rng, hw, min_side=0.5: (0, 0, hw[0], hw[1]))
+    _, mask, style, _ = train_ldm.make_inputs(run, b, np.random.default_rng(0))
+    z_ref = generate.encode_mean(run.vae, b["image"], run.scale)
+    cond = conditioning.conditions(b["label"], to_uint8(b["image"]), z_ref)
+    np.testing.assert_array_equal(mask, cond["mask"])
+    np.testing.assert_allclose(style, cond["style"], rtol=1e-5, atol=1e-6)
+    dropped = conditioning.conditions(b["label"], to_uint8(b["image"]), z_ref, {"style": [False, True]})
+    assert dropped["style"][1].max() == 0.0 and dropped["style"][1].min() == 0.0
+    np.testing.assert_array_equal(dropped["style"][0], cond["style"][0])
+    run.cfg = dict(run.cfg, p_drop_mask=1.0)
+    _, mask, _, _ = train_ldm.make_inputs(run, b, np.random.default_rng(0))
+    assert mask.max() == 0.0
+    with pytest.raises(ValueError, match="unknown condition 'colour'"):
+        conditioning.conditions(b["label"], to_uint8(b["image"]), z_ref, {"colour": [True, True]})
 
 
 def test_latent_cache_holds_both_flips_and_is_reused(tmp_path):
     import dataset
     from tools.make_demo_data import make_demo
     demo = make_demo(tmp_path / "demo", n_train=3, n_test=1, seed=3)
-    run = tiny_run()
+    run = ldm_state()
     plain = dataset.PairDataset(demo / "train", (48, 32), augment=False)
     cache = train_ldm.latent_cache(run.vae, plain, tmp_path / "latents.npz", 2, "vae@1")
     assert cache["mean"].shape == (3, 2, 4, 4, 6) and cache["mean"].dtype == np.float16

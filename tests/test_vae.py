@@ -1,6 +1,4 @@
 """jmodels.vae against diffusers' AutoencoderKL (fixture from tools/make_vae_fixture.py), weight import, KL."""
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,8 @@ from jmodels.runtime import init_jittor
 jt = init_jittor(seed=0)
 from jmodels import checkpoint  # noqa: E402
 from jmodels.vae import AutoencoderKL, VAEConfig, kl_divergence  # noqa: E402
-from tools import import_weights  # noqa: E402
+from jmodels import public_vae  # noqa: E402
+from helpers import write_safetensors  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = VAEConfig(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4)
@@ -25,7 +24,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def vae(reference):
-    weights = import_weights.to_ours({k[2:]: v for k, v in reference.items() if k.startswith("w/")})
+    weights = public_vae.to_ours({k[2:]: v for k, v in reference.items() if k.startswith("w/")})
     return checkpoint.load_into(AutoencoderKL(TINY), weights, "diffusers fixture")
 
 
@@ -56,7 +55,7 @@ def test_kl_closed_form():
 
 
 def test_strict_load_lists_every_mismatch(reference):
-    weights = import_weights.to_ours({k[2:]: v for k, v in reference.items() if k.startswith("w/")})
+    weights = public_vae.to_ours({k[2:]: v for k, v in reference.items() if k.startswith("w/")})
     del weights["encoder.conv_in.bias"]
     weights["extra.weight"] = np.zeros(3, np.float32)
     weights["decoder.conv_out.weight"] = np.zeros((3, 8, 1, 1), np.float32)
@@ -82,30 +81,19 @@ def test_strict_load_lists_every_mismatch(reference):
     ("vae.decoder.conv_norm_out.weight", "decoder.conv_norm_out.weight"),
 ])
 def test_public_key_names_map_to_ours(ldm, ours):
-    assert list(import_weights.to_ours({ldm: np.zeros(2)})) == [ours]
+    assert list(public_vae.to_ours({ldm: np.zeros(2)})) == [ours]
 
 
 def test_attention_1x1_convs_become_linears_and_loss_keys_are_dropped():
-    out = import_weights.to_ours({"first_stage_model.encoder.mid.attn_1.q.weight": np.ones((4, 4, 1, 1)),
+    out = public_vae.to_ours({"first_stage_model.encoder.mid.attn_1.q.weight": np.ones((4, 4, 1, 1)),
                                   "first_stage_model.loss.discriminator.main.0.weight": np.ones(3)})
     assert {k: v.shape for k, v in out.items()} == {"encoder.mid_block.attentions.0.to_q.weight": (4, 4)}
-
-
-def write_safetensors(path, tensors):
-    """The safetensors layout written by hand: u64 header size, JSON header, raw data."""
-    header, body = {}, b""
-    for k, v in tensors.items():
-        header[k] = {"dtype": {"float32": "F32", "float16": "F16"}[v.dtype.name], "shape": list(v.shape),
-                     "data_offsets": [len(body), len(body) + v.nbytes]}
-        body += v.tobytes()
-    head = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(head)) + head + body)
 
 
 def test_safetensors_reader_round_trip(tmp_path):
     tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1.5, -2], np.float16)}
     write_safetensors(tmp_path / "t.safetensors", tensors)
-    got = import_weights.read_safetensors(tmp_path / "t.safetensors")
+    got = public_vae.read_safetensors(tmp_path / "t.safetensors")
     for k, v in tensors.items():
         np.testing.assert_array_equal(got[k], v)
         assert got[k].dtype == v.dtype
@@ -114,14 +102,14 @@ def test_safetensors_reader_round_trip(tmp_path):
 def test_public_file_loads_strictly_for_fine_tuning(tmp_path, reference):
     public = {f"vae.{k[2:]}": v for k, v in reference.items() if k.startswith("w/")}
     write_safetensors(tmp_path / "vae.safetensors", public)
-    config, state = import_weights.load_public_vae(tmp_path / "vae.safetensors", TINY.to_dict())
+    config, state = public_vae.load_public_vae(tmp_path / "vae.safetensors", TINY.to_dict())
     assert config == TINY.to_dict() and len(state) == 180
     np.testing.assert_array_equal(state["encoder.conv_in.weight"], reference["w/encoder.conv_in.weight"])
     with pytest.raises(checkpoint.CheckpointError, match=r"shape mismatch \(\d+\): "):
-        import_weights.load_public_vae(tmp_path / "vae.safetensors")  # the SD-size config expects wider tensors
+        public_vae.load_public_vae(tmp_path / "vae.safetensors")  # the SD-size config expects wider tensors
 
 
 def test_torch_pickle_read_without_torch():
-    state = import_weights.read_torch(FIXTURES / "tiny_torch.ckpt")
+    state = public_vae.read_torch(FIXTURES / "tiny_torch.ckpt")
     np.testing.assert_array_equal(state["first_stage_model.quant_conv.bias"], np.arange(8.0))
     np.testing.assert_array_equal(state["first_stage_model.post_quant_conv.weight"][:, :, 0, 0], np.eye(4))

@@ -1,7 +1,7 @@
-"""FID: Inception pool3 features (jmodels/inception.py) and the Fréchet distance between two sets.
+"""FID: Inception pool3 features (tools/inception.py) and the Fréchet distance between two sets.
 
 The weights are the public FID file `pt_inception-2015-12-05-6726825d.pth` (pytorch-fid's), passed
-by path and read without PyTorch (tools/import_weights.read_torch). Nothing is downloaded.
+by path and read without PyTorch (jmodels/public_vae.read_torch). Nothing is downloaded.
 Refs: Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule..." (eq. 6); pytorch-fid.
 """
 import sys
@@ -33,12 +33,17 @@ def statistics(features):
 
 def load_fid_inception(path):
     """The FID Inception with the public weights; strict, `fc.*` (the classifier) left out."""
+    from jmodels.public_vae import read_any
+    return fid_inception_from_state(read_any(path), str(path))
+
+
+def fid_inception_from_state(state, where):
+    """The FID Inception in eval mode with {torchvision name: array}; strict but for `fc.*` and
+    `num_batches_tracked`, which pool3 features do not use."""
     from jmodels import checkpoint
-    from jmodels.inception import FIDInceptionV3
-    from tools.import_weights import read_any
-    state = {k: v for k, v in read_any(path).items() if not k.startswith("fc.")}
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    model = checkpoint.load_into(FIDInceptionV3(), state, str(path))
+    from tools.inception import FIDInceptionV3
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    model = checkpoint.load_into(FIDInceptionV3(), state, where)
     model.eval()
     return model
 

@@ -29,6 +29,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from jmodels.classes import NUM_CLASSES  # noqa: E402
 
 ABLATIONS = {  # name: test.py flags that make the change
     "no style vector": ["--without", "style"],
@@ -41,7 +42,7 @@ GRID_ROWS = 8
 MAX_REAL = 2000  # training photos for the judge's Fréchet distance and the class colours, at most
 
 
-def class_mean_colours(images, labels, num_classes=29):
+def class_mean_colours(images, labels, num_classes=NUM_CLASSES):
     """(num_classes, 3) mean RGB of each class over the given photos and label maps (NaN where absent)."""
     sums, counts = np.zeros((num_classes, 3)), np.zeros(num_classes)
     for im, lb in zip(images, labels):

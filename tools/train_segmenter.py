@@ -39,11 +39,11 @@ def recolour(images_uint8, rng, p):
 
 def _batched(fn, images_uint8, batch_size):
     import jittor as jt
+    from jmodels.imageio import to_unit
     out = []
     with jt.no_grad():
         for i in range(0, len(images_uint8), batch_size):
-            x = images_uint8[i:i + batch_size].transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
-            out.append(fn(jt.array(x)).numpy())
+            out.append(fn(jt.array(to_unit(images_uint8[i:i + batch_size]))).numpy())
     return np.concatenate(out)
 
 
@@ -86,7 +86,7 @@ def main(argv=None):
     import dataset
     from jmodels import checkpoint
     from jmodels.checkpoint import state_arrays
-    from jmodels.imageio import to_uint8
+    from jmodels.imageio import to_uint8, to_unit
     from jmodels.optim import AdamW
     from jmodels.segmenter import Segmenter, SegmenterConfig
 
@@ -105,8 +105,8 @@ def main(argv=None):
     bar = tqdm(range(cfg["max_steps"]), desc="judge", dynamic_ncols=True)
     for step in bar:
         batch = next(batches)
-        x = recolour(to_uint8(batch["image"]), rng, cfg["p_recolour"]).transpose(0, 3, 1, 2)
-        logits = model(jt.array(x.astype(np.float32) / 127.5 - 1.0))  # (B, 29, H, W)
+        x = to_unit(recolour(to_uint8(batch["image"]), rng, cfg["p_recolour"]))
+        logits = model(jt.array(x))  # (B, 29, H, W)
         loss = jt.nn.cross_entropy_loss(logits.transpose(0, 2, 3, 1).reshape(-1, config.num_classes),
                                         jt.array(batch["label"].reshape(-1)))
         opt.step(loss)

@@ -3,7 +3,7 @@
     python tools/bench/bench_test.py [--batches 1,8] [--size 512,384]
 
 Full-scale networks (Stable Diffusion's VAE, the README's full-scale UNet) with random weights:
-speed does not depend on the values. Runs test.py's own `generate_batch` and `postprocess` with
+speed does not depend on the values. Runs `jmodels.pipeline.generate`, test.py's own path, with
 its default schedule on procedural label maps; a short warm-up batch (kernel compilation) is not
 timed. Prints the projected time for the 1000 images of a test set.
 """
@@ -26,33 +26,32 @@ def main():
     from jmodels.runtime import init_jittor
     jt = init_jittor(seed=0)
     import test as entry
-    from dataset import TestItem
     from jmodels.conditioning import STYLE_DIM
     from jmodels.diffusion import GaussianDiffusion
+    from jmodels.pipeline import Pipeline, generate
     from jmodels.unet import UNet, UNetConfig
     from jmodels.vae import AutoencoderKL, VAEConfig
     from tools.bench.bench import FULL_UNET as FULL
     from tools.make_demo_data import make_label, paint
 
     size = tuple(int(v) for v in args.size.split(","))
-    models = (AutoencoderKL(VAEConfig()), 0.2, UNet(UNetConfig(style_dim=STYLE_DIM, **FULL)), GaussianDiffusion(), size)
+    pipe = Pipeline(AutoencoderKL(VAEConfig()), 0.2, UNet(UNetConfig(style_dim=STYLE_DIM, **FULL)), GaussianDiffusion(),
+                    size, Path("random"), Path("random"), 0, "ema")
     cfg = dict(entry.DEFAULTS)
     rng = np.random.default_rng(0)
     n = max(int(b) for b in args.batches.split(","))
     scenes = [make_label(rng, 512, 384) for _ in range(n)]
     labels = [lab for lab, _ in scenes]
     refs = [paint(rng, lab, hor) for lab, hor in scenes]
-    items = [TestItem(f"img{i}", Path(f"img{i}.png"), Path(f"ref{i}.jpg")) for i in range(n)]
+    stems = [f"img{i}" for i in range(n)]
     device = "cuda" if jt.flags.use_cuda else "cpu"
-    entry.generate_batch(models, dict(cfg, steps=2), size, items[:1], labels[:1], refs[:1])  # compile
+    generate(pipe, dict(cfg, steps=2), stems[:1], labels[:1], refs[:1], labels[:1])  # compile
     print(f"device {device}; generation at {size[0]}x{size[1]}, default schedule: {cfg['sampler']}, "
           f"{cfg['steps']} steps, strength {cfg['strength']}, guidance {cfg['guidance']}")
     print(f"{'batch':>5s} {'s/image':>8s} {'calls/image':>12s} {'1000 images':>12s}")
     for b in (int(v) for v in args.batches.split(",")):
         t0 = time.perf_counter()
-        images, calls = entry.generate_batch(models, cfg, size, items[:b], labels[:b], refs[:b])
-        for img, lab, ref in zip(images, labels[:b], refs[:b]):
-            entry.postprocess(img, lab, ref, lab, cfg)
+        _, calls = generate(pipe, cfg, stems[:b], labels[:b], refs[:b], labels[:b])
         per = (time.perf_counter() - t0) / b
         print(f"{b:5d} {per:8.2f} {calls:12d} {per * 1000 / 3600:10.2f} h", flush=True)
 

@@ -1,0 +1,136 @@
+"""A trained run, loaded once, and the one path from a label map and a reference to a contest image.
+
+`load(run_dir)` reads the frozen VAE (EMA weights, measured latent scale) and the stage-2 UNet
+strictly into a `Pipeline`; `generate(pipe, settings, ...)` turns labels and references into
+512x384 uint8 images. test.py, the report, the benchmarks and the studio all go through here, so
+the same inputs and settings give the same bytes wherever they are generated.
+"""
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+OUT_SIZE = (512, 384)  # (W, H) of every contest output
+LEGACY_UNET_KEYS = ("down.", "downsample.", "mid.", "up.", "upsample.", "conv_in.")  # before input_blocks
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The networks of one run and where each came from."""
+    vae: object                 # jmodels.vae.AutoencoderKL, frozen, eval mode
+    latent_scale: float         # measured by stage 1; stage 2 trained on latents times this
+    unet: object                # jmodels.unet.UNet, eval mode
+    diffusion: object           # jmodels.diffusion.GaussianDiffusion of stage 2's config
+    train_size: tuple           # (W, H) stage 2 trained at: the default generation size
+    vae_path: Path
+    ldm_path: Path
+    ldm_step: int
+    weights: str                # "ema" | "raw"
+
+    def describe(self):
+        return (f"stage 1: {self.vae_path} (latent scale {self.latent_scale:.4f}); stage 2: {self.ldm_path}, "
+                f"step {self.ldm_step}, {self.weights} weights, trained at {self.train_size[0]}x{self.train_size[1]}")
+
+
+def load_vae(path):
+    """The frozen stage-1 autoencoder (EMA weights) and its latent scale."""
+    from . import checkpoint
+    from .vae import AutoencoderKL, VAEConfig
+    meta, groups = checkpoint.load(path)
+    if meta.get("kind") != "vae" or not meta.get("latent_scale"):
+        raise checkpoint.CheckpointError(f"{path}: not a finished stage-1 checkpoint (no latent scale); "
+                                         "finish train_vae.py first (run.sh stage vae)")
+    vae = checkpoint.load_into(AutoencoderKL(VAEConfig.from_dict(meta["config"])), groups["ema"], f"{path} [ema]")
+    for p in vae.parameters():
+        p.stop_grad()
+    vae.eval()
+    return vae, float(meta["latent_scale"])
+
+
+def check_latent_scale(path, meta, scale, vae):
+    """A stage-2 checkpoint belongs to the autoencoder whose latent scale it recorded."""
+    from .checkpoint import CheckpointError
+    if abs(meta["latent_scale"] - scale) > 1e-6:
+        raise CheckpointError(f"{path}: trained on latents scaled by {meta['latent_scale']}, but {vae} measures "
+                              f"{scale}: another autoencoder; train stage 2 again (run.sh: FORCE=ldm)")
+
+
+def load_unet_weights(unet, arrays, where):
+    """Strict loading, with the one mismatch worth naming: a checkpoint of the UNet layout before
+    `input_blocks` / `middle` / `output_blocks` (keys `down.*`, `up.*`, ...)."""
+    from .checkpoint import CheckpointError, load_into
+    if any(k.startswith(LEGACY_UNET_KEYS) for k in arrays) and not any(k.startswith("input_blocks.") for k in arrays):
+        raise CheckpointError(f"{where}: written by the UNet layout before input_blocks/middle/output_blocks "
+                              "(keys down.*, mid.*, up.*); it cannot be loaded: train stage 2 again (run.sh: FORCE=ldm)")
+    return load_into(unet, arrays, where)
+
+
+def load(run_dir, weights="ema", ldm=""):
+    """The run in `run_dir` (vae/ckpt.npz, ldm/ckpt.npz); `ldm` names another stage-2 file (e.g. averaged)."""
+    from . import checkpoint
+    from .diffusion import DiffusionConfig, GaussianDiffusion
+    from .unet import UNet, UNetConfig
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be ema or raw, got {weights!r}")
+    vae_path = Path(run_dir) / "vae" / "ckpt.npz"
+    ldm_path = Path(ldm) if ldm else Path(run_dir) / "ldm" / "ckpt.npz"
+    vae, scale = load_vae(vae_path)
+    meta, groups = checkpoint.load(ldm_path)
+    if meta.get("kind") != "ldm":
+        raise checkpoint.CheckpointError(f"{ldm_path}: not a stage-2 checkpoint (kind {meta.get('kind')!r})")
+    unet = UNet(UNetConfig.from_dict(meta["config"]))
+    load_unet_weights(unet, groups["ema" if weights == "ema" else "model"], f"{ldm_path} [{weights}]")
+    unet.eval()
+    check_latent_scale(ldm_path, meta, scale, f"the VAE {vae_path}")
+    return Pipeline(vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])),
+                    tuple(meta["train"]["size"]), vae_path, ldm_path, int(meta["step"]), weights)
+
+
+def image_seed(stem, seed):
+    """A 63-bit seed from the file name: an image's noise never depends on its position."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stem}".encode()).digest()[:8], "little") >> 1
+
+
+def sample_latents(pipe, settings, stems, labels, refs, size):
+    """Latents (B, 4, H/8, W/8) and UNet calls per image, at the generation size (W, H)."""
+    from . import generate
+    from .conditioning import conditions, withhold
+    from .imageio import to_unit
+    w, h = size
+    lab_small = np.stack([np.asarray(Image.fromarray(lb).resize((w, h), Image.NEAREST)) for lb in labels])
+    ref_small = np.stack([np.asarray(Image.fromarray(r).resize((w, h), Image.BICUBIC)) for r in refs])
+    z_ref = generate.encode_mean(pipe.vae, to_unit(ref_small), pipe.latent_scale)
+    noise = np.stack([np.random.default_rng(image_seed(s, settings["seed"])).standard_normal(z_ref.shape[1:])
+                      for s in stems]).astype(np.float32)
+    cond = withhold(conditions(lab_small, ref_small, z_ref), settings["without"])
+    return generate.sample(pipe.unet, pipe.diffusion, cond, noise, steps=settings["steps"],
+                           sampler=settings["sampler"], guidance=settings["guidance"], drop=settings["drop"],
+                           strength=settings["strength"], x_ref=z_ref)
+
+
+def postprocess(image, label, ref, ref_label, settings):
+    """A generated image -> the contest's 512x384, moved toward the reference's colours in Lab."""
+    from .color import reinhard_transfer
+    out = np.asarray(Image.fromarray(image).resize(OUT_SIZE, Image.LANCZOS))
+    if settings["color_transfer"] > 0:
+        per_class = settings["color_per_class"]
+        out = reinhard_transfer(out, ref, settings["color_transfer"], label if per_class else None,
+                                ref_label if per_class else None)
+    return out
+
+
+def generate(pipe, settings, stems, labels, refs, ref_labels, size=None):
+    """Contest images for one batch: [(384, 512, 3) uint8] and the UNet calls per image.
+
+    settings: test.py's generation keys (sampler, steps, strength, guidance, drop, without,
+    color_transfer, color_per_class, seed); labels (H, W) ids and refs (H', W', 3) uint8 at any size;
+    ref_labels: the references' label maps or None (per-class colour transfer). size: the generation
+    size (W, H), default the UNet's training size.
+    """
+    from . import generate as gen
+    from .imageio import to_uint8
+    z, calls = sample_latents(pipe, settings, stems, labels, refs, tuple(size or pipe.train_size))
+    images = to_uint8(gen.decode(pipe.vae, z, pipe.latent_scale))
+    return [postprocess(im, lb, r, rl, settings) for im, lb, r, rl in zip(images, labels, refs, ref_labels)], calls

@@ -1,0 +1,86 @@
+"""Helpers that several test files share: tiny training states for both stages, their batches, a UNet
+call counter, weights moved away from their initial values, a hand-written safetensors file.
+Test files import from here, never from each other."""
+import json
+import struct
+
+import numpy as np
+
+from jmodels.runtime import init_jittor
+
+jt = init_jittor(seed=0)
+import train_ldm  # noqa: E402
+import train_vae  # noqa: E402
+
+VAE_TINY = dict(train_vae.DEFAULTS, ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4, disc_ndf=8,
+                disc_layers=2, disc_start=2, batch_size=2, lr=1e-3)
+LDM_TINY = dict(train_ldm.DEFAULTS, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=16,
+                spade_hidden=16, norm_groups=8, batch_size=2, lr=2e-3)
+
+
+def vae_batches(n):
+    rng = np.random.default_rng(3)
+    return [{"image": rng.uniform(-1, 1, (2, 3, 16, 24)).astype(np.float32)} for _ in range(n)]
+
+
+def vae_state(cfg=VAE_TINY):
+    jt.sync_all()  # Jittor draws random init when ops run: flush pending ones, then seed
+    jt.set_global_seed(0)  # the same random init for every state built here
+    state = train_vae.new_state(cfg, train_vae.vae_config(cfg))
+    jt.sync_all()
+    return state
+
+
+def ldm_state(cfg=LDM_TINY):
+    """A stage-2 state over a random tiny VAE whose posterior is made (almost) deterministic: log-variance
+    -20, so the latents of a batch are the same at every step and the UNet has a fixed target to fit."""
+    from jmodels.vae import AutoencoderKL, VAEConfig
+    jt.sync_all()
+    jt.set_global_seed(0)
+    vae = AutoencoderKL(VAEConfig(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4))
+    w, b = vae.quant_conv.weight.numpy(), vae.quant_conv.bias.numpy()
+    w[4:], b[4:] = 0.0, -20.0
+    vae.quant_conv.weight.update(jt.array(w))
+    vae.quant_conv.bias.update(jt.array(b))
+    unet_config, diffusion_config = train_ldm.configs(cfg)
+    state = train_ldm.new_state(cfg, unet_config, diffusion_config, vae, 1.0)
+    jt.sync_all()
+    return state
+
+
+def ldm_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:48]
+    label = np.where(yy < 16 + 4 * np.sin(xx / 6), 1, 12)[None].repeat(2, 0)  # sky over grass
+    return {"image": rng.uniform(-1, 1, (2, 3, 32, 48)).astype(np.float32), "label": label.astype(np.int32)}
+
+
+def perturbed(module, seed, sigma=0.05):
+    """The module's weights plus N(0, sigma^2) noise, as {key: float32 array}: a fresh UNet's zero-initialised
+    output convs make it output exactly zero, and a test of such a network would prove little."""
+    from jmodels.checkpoint import state_arrays
+    rng = np.random.default_rng(seed)
+    return {k: (v + sigma * rng.standard_normal(v.shape)).astype(np.float32) for k, v in state_arrays(module).items()}
+
+
+class CountingUNet:
+    """Wraps a UNet and counts the rows (images) of every call it receives."""
+
+    def __init__(self, unet):
+        self.unet, self.rows, self.calls = unet, 0, 0
+
+    def __call__(self, x_t, t, mask, style):
+        self.rows += x_t.shape[0]
+        self.calls += 1
+        return self.unet(x_t, t, mask, style)
+
+
+def write_safetensors(path, tensors):
+    """The safetensors layout written by hand: u64 header size, JSON header, raw data."""
+    header, body = {}, b""
+    for k, v in tensors.items():
+        header[k] = {"dtype": {"float32": "F32", "float16": "F16"}[v.dtype.name], "shape": list(v.shape),
+                     "data_offsets": [len(body), len(body) + v.nbytes]}
+        body += v.tobytes()
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + body)
