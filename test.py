@@ -8,7 +8,12 @@ DPM-Solver++(2M) under classifier-free guidance (at most 40 UNet calls by defaul
 upscaled to 512x384 and moved toward the reference's colours in Lab. The noise of an image is
 seeded by its file name, so outputs do not depend on batch size or order. Each JPEG is written to
 a temporary name and renamed; --resume 1 keeps the valid outputs of an interrupted run.
+Optional: --refine S[,S...] adds passes that re-noise the transferred output to each strength and
+sample again; --candidates N writes the best of N samples by the judge (jmodels.pipeline.best_of).
+Settings tuned by tools/tune.py in <run>/test_flags.json are the defaults when present; a flag on
+the command line still wins, and the run prints where each setting came from.
 """
+import json
 import os
 import sys
 import time
@@ -35,11 +40,16 @@ DEFAULTS = dict(
     without=(),                   # ablation: conditions withheld from both branches (mask, style)
     color_transfer=0.5,           # Reinhard Lab transfer toward the reference, 0 (off) .. 1
     color_per_class=True,         # per class where the reference's label map has the class
+    refine=(),                    # refinement passes: the transferred output re-noised to each strength, e.g. 0.3,0.2
+    candidates=1,                 # best of N samples per image, picked by the judge's mask accuracy and style
+    judge="runs/judge/ckpt.npz",  # the stand-in segmenter (tools/train_segmenter.py) that --candidates needs
     batch_size=4, seed=0,
     zip=True, resume=False,
 )
 # ------------------------------------------------------------------------------------------------------
 ROOT = Path(__file__).resolve().parent
+TUNED = ("sampler", "steps", "strength", "guidance", "drop", "color_transfer", "color_per_class", "refine",
+         "candidates")  # what <run>/test_flags.json (tools/tune.py) may set
 
 
 def find_run(run):
@@ -56,6 +66,47 @@ def find_run(run):
         if not (found / stage / "ckpt.npz").is_file():
             sys.exit(f"error: {found / stage / 'ckpt.npz'} not found: run.sh's {stage} stage makes it")
     return found
+
+
+def tuned_settings(cfg, run_dir, argv):
+    """<run>/test_flags.json's winners as defaults, under the command line; -> (cfg, source per setting)."""
+    from jmodels import cli
+    path = run_dir / "test_flags.json"
+    source = {k: "default" for k in TUNED}
+    if path.is_file():
+        try:
+            flags = json.loads(path.read_text(encoding="utf-8-sig"))["flags"]
+            tuned = cli.typed({k: DEFAULTS[k] for k in TUNED}, flags, str(path))
+        except (ValueError, KeyError, TypeError) as e:
+            sys.exit(f"error: {path}: not a tuning result ({e}); remove it or run tools/tune.py again")
+        for k, v in tuned.items():
+            cfg[k], source[k] = v, str(path)
+    for k in cli.given(argv) & set(TUNED):
+        cfg[k], source[k] = cli.parse(DEFAULTS, argv)[k], "command line"
+    return cfg, source
+
+
+def check_generation_settings(cfg):
+    """Settings that cannot work stop the run before any network work, each with its flag named."""
+    from jmodels.conditioning import CONDITIONS
+    for flag in ("drop", "without"):
+        if set(cfg[flag]) - set(CONDITIONS):
+            sys.exit(f"error: --{flag} {','.join(cfg[flag])}: conditions are {' and '.join(CONDITIONS)}")
+    try:
+        cfg["refine"] = tuple(float(r) for r in cfg["refine"])
+    except ValueError:
+        sys.exit(f"error: --refine {','.join(map(str, cfg['refine']))}: strengths are numbers in (0, 1)")
+    if not all(0.0 < r < 1.0 for r in cfg["refine"]):
+        sys.exit(f"error: --refine {','.join(map(str, cfg['refine']))}: each strength must be in (0, 1)")
+    if cfg["candidates"] < 1:
+        sys.exit(f"error: --candidates {cfg['candidates']}: at least 1")
+    if cfg["candidates"] > 1 and not Path(cfg["judge"]).is_file():
+        sys.exit(f"error: --candidates {cfg['candidates']} picks with the judge, and --judge {cfg['judge']} does not "
+                 "exist: train one (tools/train_segmenter.py; run.sh makes runs/judge on held-out runs)")
+
+
+def fmt(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def check_output_path(out):
@@ -123,10 +174,7 @@ def main(argv=None):
     import dataset
     out = Path(cfg["output_path"])
     check_output_path(out)
-    from jmodels.conditioning import CONDITIONS
-    for flag in ("drop", "without"):
-        if set(cfg[flag]) - set(CONDITIONS):
-            sys.exit(f"error: --{flag} {','.join(cfg[flag])}: conditions are {' and '.join(CONDITIONS)}")
+    check_generation_settings(cfg)
     try:
         items = dataset.list_test_items(cfg["input_path"], cfg["img_path"])
         todo = [it for it in items if not (cfg["resume"] and valid_jpeg(out / f"{it.stem}.jpg"))]
@@ -134,11 +182,18 @@ def main(argv=None):
     except dataset.DataError as e:
         sys.exit(f"error: {e}")
     run_dir = find_run(cfg["run"])
+    cfg, source = tuned_settings(cfg, run_dir, sys.argv[1:] if argv is None else argv)
+    check_generation_settings(cfg)
+    print("settings: " + ", ".join(f"{k}={fmt(cfg[k])} ({source[k]})" for k in TUNED))
     from jmodels.runtime import init_jittor
     init_jittor(seed=cfg["seed"])
     from jmodels import pipeline
     pipe = pipeline.load(run_dir, cfg["weights"], cfg["ldm"])
     print(pipe.describe())
+    judge = None
+    if cfg["candidates"] > 1:
+        from jmodels.segmenter import load_judge
+        judge = load_judge(cfg["judge"])
     size = tuple(cfg["size"]) if cfg["size"][0] else pipe.train_size
     out.mkdir(parents=True, exist_ok=True)
     tidy(out, [it.stem for it in items])
@@ -150,8 +205,11 @@ def main(argv=None):
     for i in range(0, len(todo), cfg["batch_size"]):
         sl = slice(i, i + cfg["batch_size"])
         try:
-            images, calls = pipeline.generate(pipe, cfg, [it.stem for it in todo[sl]], labels[sl], refs[sl],
-                                              ref_labels[sl], size)
+            stems = [it.stem for it in todo[sl]]
+            if judge is None:
+                images, calls = pipeline.generate(pipe, cfg, stems, labels[sl], refs[sl], ref_labels[sl], size)
+            else:
+                images, calls, _ = pipeline.best_of(pipe, cfg, judge, stems, labels[sl], refs[sl], ref_labels[sl], size)
         except Exception as e:  # a batch that fails is reported, the rest still runs
             failed += [(it.stem, f"{type(e).__name__}: {e}") for it in todo[sl]]
             bar.update(len(todo[sl]))

@@ -27,6 +27,7 @@ DEFAULTS = dict(
     prediction="v", schedule="scaled_linear", min_snr_gamma=5.0,
     p_drop_mask=0.1, p_drop_style=0.1,  # each condition dropped on its own, for guidance
     batch_size=8, accum=1, lr=2e-4, weight_decay=0.0, grad_clip=1.0,
+    warmup_steps=0, lr_floor=1.0,  # linear warm-up, then cosine decay to lr_floor * lr (1.0: constant)
     max_steps=1500, ema_decay=0.999,
     precision="tf32",           # GPU only: fp32 | tf32 | fp16 (Jittor AMP + dynamic loss scale)
     log_every=10, sample_every=250, ckpt_every=250,
@@ -150,8 +151,11 @@ def train_step(run, micro_batches):
     """One optimizer update over `accum` micro-batches; returns the mean loss."""
     import jittor as jt
     from jmodels import parallel
+    from jmodels.lr_schedule import lr_at
     cfg, accum = run.cfg, len(micro_batches)
     parallel.seed_step(cfg["seed"] + run.step)  # noise depends on the step only: exact resume, any N
+    lr = lr_at(run.step, cfg["lr"], cfg["warmup_steps"], cfg["max_steps"], cfg["lr_floor"])  # from the step alone
+    run.opt.lr = lr
     rng = np.random.default_rng([cfg["seed"], run.step])
     total = 0.0
     for batch in micro_batches:
@@ -234,7 +238,7 @@ def main(argv=None):
         if run.step % cfg["log_every"] == 0:
             loss = float(np.mean(recent))
             bar.set_postfix(loss=f"{loss:.4f}")
-            log.write(json.dumps({"step": run.step, "loss": loss,
+            log.write(json.dumps({"step": run.step, "loss": loss, "lr": run.opt.lr,
                                   "s_per_step": (time.time() - t0) / len(recent), **memory()}) + "\n")
             log.flush()
             t0, recent = time.time(), []

@@ -25,6 +25,7 @@ DEFAULTS = dict(
     init_from="",               # start from: a public SD VAE (.safetensors/.ckpt/.bin) or one of our .npz
     batch_size=4, accum=1,      # global batch = batch_size * accum
     lr=2e-4, weight_decay=0.0, grad_clip=1.0,
+    warmup_steps=0, lr_floor=1.0,  # linear warm-up, then cosine decay to lr_floor * lr (1.0: constant)
     max_steps=500,
     kl_weight=1e-6,             # on the per-image sums, as latent-diffusion
     disc_start=250, disc_weight=0.5, disc_ndf=32, disc_layers=3,
@@ -68,9 +69,13 @@ def train_step(run, micro_batches):
     import jittor as jt
     from jmodels import parallel
     from jmodels.discriminator import adaptive_weight, hinge_d_loss
+    from jmodels.lr_schedule import lr_at
     from jmodels.vae import kl_divergence
     cfg, accum, f = run.cfg, len(micro_batches), run.config.factor
     parallel.seed_step(cfg["seed"] + run.step)  # noise depends on the step only: exact resume, any N
+    lr = lr_at(run.step, cfg["lr"], cfg["warmup_steps"], cfg["max_steps"], cfg["lr_floor"])  # from the step alone
+    run.opt.lr = lr
+    run.opt_d.lr = lr
     gan_on = run.step >= cfg["disc_start"]
     stats = {"nll": 0.0, "kl": 0.0, "g": 0.0, "d": 0.0, "d_weight": 0.0}
     for batch in micro_batches:
@@ -192,7 +197,7 @@ def main(argv=None):
         if run.step % cfg["log_every"] == 0:
             bar.set_postfix(nll=f"{stats['nll']:.0f}", kl=f"{stats['kl']:.0f}", d=f"{stats['d']:.3f}",
                             psnr=f"{val_psnr or 0.0:.2f}")
-            log.write(json.dumps({"step": run.step, "s_per_step": (time.time() - t0) / cfg["log_every"],
+            log.write(json.dumps({"step": run.step, "lr": run.opt.lr, "s_per_step": (time.time() - t0) / cfg["log_every"],
                                   **stats, **memory()}) + "\n")
             log.flush()
             t0 = time.time()

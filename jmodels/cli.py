@@ -30,3 +30,27 @@ def parse(defaults, argv=None, description=None):
     for name, default in defaults.items():
         ap.add_argument(f"--{name}", type=_caster(default), default=default, metavar=type(default).__name__)
     return dict(vars(ap.parse_args(argv)))
+
+
+def given(argv):
+    """The names set on the command line `argv` (`--name value` or `--name=value`)."""
+    return {a[2:].split("=", 1)[0] for a in argv if a.startswith("--") and len(a) > 2}
+
+
+def typed(defaults, values, where):
+    """{name: JSON value} -> values typed like `defaults` (lists become tuples); unknown names and
+    values of another type raise ValueError naming `where`."""
+    out = {}
+    for name, value in values.items():
+        if name not in defaults:
+            raise ValueError(f"{where}: unknown setting {name!r}")
+        default = defaults[name]
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default) or (isinstance(value, tuple) and default and value
+                                                 and type(value[0]) is not type(default[0])):
+            raise ValueError(f"{where}: {name} = {value!r}, expected a {type(default).__name__} like {default!r}")
+        out[name] = value
+    return out

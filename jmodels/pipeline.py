@@ -93,8 +93,11 @@ def image_seed(stem, seed):
     return int.from_bytes(hashlib.sha256(f"{seed}:{stem}".encode()).digest()[:8], "little") >> 1
 
 
-def sample_latents(pipe, settings, stems, labels, refs, size):
-    """Latents (B, 4, H/8, W/8) and UNet calls per image, at the generation size (W, H)."""
+def sample_latents(pipe, settings, stems, labels, refs, size, start=None, strength=None, tag=""):
+    """Latents (B, 4, H/8, W/8) and UNet calls per image, at the generation size (W, H).
+
+    The image-to-image start is the reference's latent, or `start` (B, H, W, 3) uint8 images (a
+    refinement pass) noised to `strength`; `tag` names the pass in the noise seed."""
     from . import generate
     from .conditioning import conditions, withhold
     from .imageio import to_unit
@@ -102,12 +105,15 @@ def sample_latents(pipe, settings, stems, labels, refs, size):
     lab_small = np.stack([np.asarray(Image.fromarray(lb).resize((w, h), Image.NEAREST)) for lb in labels])
     ref_small = np.stack([np.asarray(Image.fromarray(r).resize((w, h), Image.BICUBIC)) for r in refs])
     z_ref = generate.encode_mean(pipe.vae, to_unit(ref_small), pipe.latent_scale)
-    noise = np.stack([np.random.default_rng(image_seed(s, settings["seed"])).standard_normal(z_ref.shape[1:])
+    z_start = z_ref if start is None else generate.encode_mean(
+        pipe.vae, to_unit(np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BICUBIC)) for im in start])),
+        pipe.latent_scale)
+    noise = np.stack([np.random.default_rng(image_seed(s + tag, settings["seed"])).standard_normal(z_ref.shape[1:])
                       for s in stems]).astype(np.float32)
     cond = withhold(conditions(lab_small, ref_small, z_ref), settings["without"])
     return generate.sample(pipe.unet, pipe.diffusion, cond, noise, steps=settings["steps"],
                            sampler=settings["sampler"], guidance=settings["guidance"], drop=settings["drop"],
-                           strength=settings["strength"], x_ref=z_ref)
+                           strength=settings["strength"] if strength is None else strength, x_ref=z_start)
 
 
 def postprocess(image, label, ref, ref_label, settings):
@@ -125,12 +131,55 @@ def generate(pipe, settings, stems, labels, refs, ref_labels, size=None):
     """Contest images for one batch: [(384, 512, 3) uint8] and the UNet calls per image.
 
     settings: test.py's generation keys (sampler, steps, strength, guidance, drop, without,
-    color_transfer, color_per_class, seed); labels (H, W) ids and refs (H', W', 3) uint8 at any size;
-    ref_labels: the references' label maps or None (per-class colour transfer). size: the generation
-    size (W, H), default the UNet's training size.
+    color_transfer, color_per_class, refine, seed); labels (H, W) ids and refs (H', W', 3) uint8 at
+    any size; ref_labels: the references' label maps or None (per-class colour transfer). size: the
+    generation size (W, H), default the UNet's training size. Each strength r of settings["refine"]
+    is one more pass, as the winning entry ran them: the colour-transferred output encoded, noised
+    to r, sampled again under the same conditions and transferred again.
     """
     from . import generate as gen
     from .imageio import to_uint8
-    z, calls = sample_latents(pipe, settings, stems, labels, refs, tuple(size or pipe.train_size))
-    images = to_uint8(gen.decode(pipe.vae, z, pipe.latent_scale))
-    return [postprocess(im, lb, r, rl, settings) for im, lb, r, rl in zip(images, labels, refs, ref_labels)], calls
+    size, images, total = tuple(size or pipe.train_size), None, 0
+    for k, strength in enumerate((None, *settings.get("refine", ()))):
+        z, calls = sample_latents(pipe, settings, stems, labels, refs, size, images, strength, f"/refine{k}" if k else "")
+        decoded = to_uint8(gen.decode(pipe.vae, z, pipe.latent_scale))
+        images = [postprocess(im, lb, r, rl, settings) for im, lb, r, rl in zip(decoded, labels, refs, ref_labels)]
+        total += calls
+    return images, total
+
+
+def candidate_score(mask_accuracy, style):
+    """The contest total of one image with the terms it cannot see held at middle values (FID 50,
+    aesthetic 0.5): mask_acc * (0.2 * 0.5 + 0.3 * (0.5 * style + 0.5) + 0.5 * 0.5). Ranks candidates
+    as the board would, since those terms are shared by every candidate of an image."""
+    return mask_accuracy * (0.1 + 0.3 * (0.5 * style + 0.5) + 0.25)
+
+
+def judge_scores(judge, images, labels, refs):
+    """(mask accuracy by the judge, style correlation to the reference) of each image."""
+    from .segmenter import predict
+    from .style_metric import style_score
+    model, (w, h), _ = judge
+    small = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BICUBIC)) for im in images])
+    truth = np.stack([np.asarray(Image.fromarray(lb.astype(np.uint8)).resize((w, h), Image.NEAREST)) for lb in labels])
+    acc = (predict(model, small) == truth).reshape(len(images), -1).mean(1)
+    return [(float(a), style_score(im, r)) for a, im, r in zip(acc, images, refs)]
+
+
+def best_of(pipe, settings, judge, stems, labels, refs, ref_labels, size=None):
+    """Best of settings["candidates"] samples per image by `candidate_score` under the judge.
+    Candidate 0 is the single-sample output; candidate k's noise is seeded by "<stem>#k".
+    Returns (images, UNet calls per image, [[(mask_acc, style, score) per candidate] per image])."""
+    n = settings["candidates"]
+    if n < 1:
+        raise ValueError(f"candidates must be >= 1, got {n}")
+    outs, scores, calls = [], [], 0
+    for k in range(n):
+        images, c = generate(pipe, settings, [s if k == 0 else f"{s}#{k}" for s in stems], labels, refs,
+                             ref_labels, size)
+        outs.append(images)
+        scores.append([(a, st, candidate_score(a, st)) for a, st in judge_scores(judge, images, labels, refs)])
+        calls += c
+    table = [[scores[k][i] for k in range(n)] for i in range(len(stems))]
+    best = [int(np.argmax([row[2] for row in per])) for per in table]
+    return [outs[k][i] for i, k in enumerate(best)], calls, table

@@ -1,4 +1,6 @@
 """A compact segmentation network: the offline stand-in for the organisers' SegFormer judge.
+In the model package because test.py's best-of-N (`--candidates`) picks with it; tools/ trains it
+(train_segmenter.py) and scores with it (evaluate.py, report.py).
 
 An encoder-decoder with skips (4 levels of two 3x3 convs with GroupNorm and SiLU), 29-class logits
 at the input resolution. Small enough to train on a CPU in minutes; its own held-out accuracy is
@@ -8,6 +10,7 @@ Ref: Ronneberger et al. 2015 (U-Net).
 from dataclasses import dataclass
 
 import jittor as jt
+import numpy as np
 from jittor import nn
 
 from .checkpoint import SavedConfig
@@ -70,3 +73,33 @@ class Segmenter(nn.Module):
         for block in self.up:
             x = block(jt.concat([upsample_nearest(x), skips.pop()], dim=1))
         return self.head(x)
+
+
+def _batched(fn, images_uint8, batch_size):
+    from .imageio import to_unit
+    out = []
+    with jt.no_grad():
+        for i in range(0, len(images_uint8), batch_size):
+            out.append(fn(jt.array(to_unit(images_uint8[i:i + batch_size]))).numpy())
+    return np.concatenate(out)
+
+
+def predict(model, images_uint8, batch_size=16):
+    """(N, H, W, 3) uint8 -> (N, H, W) predicted class ids."""
+    return _batched(lambda x: model(x).argmax(1)[0], images_uint8, batch_size)
+
+
+def pooled_features(model, images_uint8, batch_size=16):
+    """(N, H, W, 3) uint8 -> (N, C) float64 pooled bottleneck features (Segmenter.features)."""
+    return _batched(model.features, images_uint8, batch_size).astype(np.float64)
+
+
+def load_judge(path):
+    """A trained judge and its input size (W, H)."""
+    from . import checkpoint
+    meta, groups = checkpoint.load(path)
+    if meta.get("kind") != "judge":
+        raise checkpoint.CheckpointError(f"{path}: not a judge checkpoint (tools/train_segmenter.py makes one)")
+    model = checkpoint.load_into(Segmenter(SegmenterConfig.from_dict(meta["config"])), groups["model"], str(path))
+    model.eval()
+    return model, tuple(meta["size"]), meta

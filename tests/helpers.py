@@ -84,3 +84,13 @@ def write_safetensors(path, tensors):
         body += v.tobytes()
     head = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(head)) + head + body)
+
+
+def tiny_judge(path, held_out=(), data="x"):
+    """A judge checkpoint of a tiny random segmenter (weights perturbed: seeded, not Jittor's init)."""
+    from jmodels import checkpoint
+    from jmodels.segmenter import Segmenter, SegmenterConfig
+    config = SegmenterConfig(ch=4, ch_mult=(1, 2), norm_groups=2)
+    meta = {"kind": "judge", "step": 1, "config": config.to_dict(), "size": [64, 48], "data": str(data),
+            "held_out": list(held_out), "held_out_accuracy": 0.5, "held_out_accuracy_recoloured": 0.4}
+    return checkpoint.save(path, meta, model=perturbed(Segmenter(config), 7, sigma=0.3))

@@ -204,3 +204,77 @@ def test_average_checkpoints_is_the_mean_and_strict(tmp_path):
     checkpoint.save(tmp_path / "c.npz", dict(meta, config={"ch": 2}), model=a, ema=a)
     with pytest.raises(checkpoint.CheckpointError, match="config differs"):
         average([tmp_path / "a.npz", tmp_path / "c.npz"])
+
+
+def test_tuned_flags_are_defaults_under_the_command_line(setup, tmp_path, capsys):
+    """<run>/test_flags.json sets the tuned settings, a flag on the command line still wins, and the run
+    says where each setting came from; a file with unknown or mistyped settings stops the run."""
+    import json
+    import shutil
+    demo, run = setup
+    tuned_run = tmp_path / "run"
+    shutil.copytree(run, tuned_run)
+    (tuned_run / "test_flags.json").write_text(json.dumps({"flags": {"guidance": 3, "drop": ["mask"]}}))
+
+    def outputs(out, *extra):
+        assert entry.main(["--input_path", str(demo / "test"), "--img_path", str(demo / "train"), "--output_path",
+                           str(out), "--run", str(tuned_run), "--steps", "3", "--zip", "0", *extra]) == 0
+        return digests(out)
+
+    tuned = outputs(tmp_path / "tuned")
+    printed = capsys.readouterr().out
+    assert f"guidance=3.0 ({tuned_run / 'test_flags.json'})" in printed and "steps=3 (command line)" in printed
+    assert "drop=mask (" in printed and "strength=0.8 (default)" in printed
+    assert tuned == digests_of(setup, tmp_path / "flags", "--guidance", "3", "--drop", "mask")
+    assert outputs(tmp_path / "overridden", "--guidance", "2", "--drop", "mask,style") == digests_of(setup, tmp_path / "b")
+    (tuned_run / "test_flags.json").write_text(json.dumps({"flags": {"guidance": "high"}}))
+    with pytest.raises(SystemExit, match=r"test_flags.json: guidance = 'high', expected a float"):
+        outputs(tmp_path / "bad")
+    (tuned_run / "test_flags.json").write_text(json.dumps({"flags": {"batch_size": 8}}))
+    with pytest.raises(SystemExit, match="unknown setting 'batch_size'"):
+        outputs(tmp_path / "bad2")
+
+
+def test_refinement_passes_change_the_output_and_count_their_calls(setup, tmp_path, capsys):
+    base = digests_of(setup, tmp_path / "base")
+    capsys.readouterr()
+    refined = digests_of(setup, tmp_path / "refined", "--refine", "0.5")
+    printed = capsys.readouterr().out
+    assert refined != base
+    from jmodels.diffusion import GaussianDiffusion, spaced_timesteps
+    ac = GaussianDiffusion().alphas_cumprod
+    calls = 2 * (len(spaced_timesteps(ac, 3, 0.8)) + len(spaced_timesteps(ac, 3, 0.5)))
+    assert f", {calls} UNet calls per image" in printed
+    with pytest.raises(SystemExit, match=r"--refine 1.5: each strength must be in \(0, 1\)"):
+        digests_of(setup, tmp_path / "bad", "--refine", "1.5")
+
+
+def test_best_of_n_picks_the_argmax_of_its_own_scores(setup, tmp_path):
+    import dataset
+    from helpers import tiny_judge
+    from jmodels import pipeline
+    from jmodels.segmenter import load_judge
+    demo, run = setup
+    judge_path = tiny_judge(tmp_path / "judge.npz")
+    with pytest.raises(SystemExit, match="--candidates 3 picks with the judge, and --judge .*nope.npz does not exist"):
+        digests_of(setup, tmp_path / "x", "--candidates", "3", "--judge", str(tmp_path / "nope.npz"))
+    best = digests_of(setup, tmp_path / "best", "--candidates", "3", "--judge", str(judge_path))
+    assert best == digests_of(setup, tmp_path / "again", "--candidates", "3", "--judge", str(judge_path))
+    assert digests_of(setup, tmp_path / "one", "--candidates", "1", "--judge", str(judge_path)) == \
+        digests_of(setup, tmp_path / "base")
+    items = dataset.list_test_items(demo / "test", demo / "train")
+    labels, refs, ref_labels = entry.load_inputs(items, demo / "train")
+    pipe = pipeline.load(run)
+    cfg = dict(entry.DEFAULTS, steps=3, candidates=3)
+    stems = [it.stem for it in items]
+    images, calls, table = pipeline.best_of(pipe, cfg, load_judge(judge_path), stems, labels, refs, ref_labels)
+    picks = [int(np.argmax([score for _, _, score in per])) for per in table]
+    assert len(table) == len(items) and all(len(per) == 3 for per in table) and len(set(picks)) > 1
+    for i, k in enumerate(picks):
+        alone, _ = pipeline.generate(pipe, cfg, [stems[i] if k == 0 else f"{stems[i]}#{k}"], labels[i:i + 1],
+                                     refs[i:i + 1], ref_labels[i:i + 1])
+        np.testing.assert_array_equal(images[i], alone[0])
+        acc, style, score = table[i][k]
+        assert score == pytest.approx(pipeline.candidate_score(acc, style)) and 0 <= acc <= 1 and -1 <= style <= 1
+    single = pipeline.generate(pipe, cfg, stems, labels, refs, ref_labels)[1]
+    assert calls == 3 * single

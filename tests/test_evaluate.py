@@ -57,10 +57,11 @@ def judge_ckpt(demo, tmp_path_factory):
 
 def test_judge_trains_saves_and_scores(judge_ckpt):
     from tools import train_segmenter
-    model, size, meta = train_segmenter.load_judge(judge_ckpt)
+    from jmodels.segmenter import load_judge, predict
+    model, size, meta = load_judge(judge_ckpt)
     assert size == (64, 48) and meta["kind"] == "judge" and len(meta["held_out"]) == 1
     assert 0.0 <= meta["held_out_accuracy"] <= 1.0
-    pred = train_segmenter.predict(model, np.zeros((2, 48, 64, 3), np.uint8))
+    pred = predict(model, np.zeros((2, 48, 64, 3), np.uint8))
     assert pred.shape == (2, 48, 64) and pred.max() < 29
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
@@ -133,7 +134,7 @@ def test_a_trained_judge_keeps_its_accuracy_on_recoloured_real_images():
     import dataset
     from jmodels.color import reinhard_transfer
     from jmodels.imageio import to_uint8
-    from tools.train_segmenter import load_judge, predict
+    from jmodels.segmenter import load_judge, predict
     model, size, meta = load_judge(ROOT / "runs/judge/ckpt.npz")
     data = meta["data"]
     train = sorted(set(p.stem for p in dataset.list_train_pairs(data)) - set(meta["held_out"]))[:len(meta["held_out"])]

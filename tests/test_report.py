@@ -85,7 +85,7 @@ def tiny_judge(path, held_out, data="x"):
 def test_judge_features_are_pooled_bottlenecks_and_their_distance_vanishes_on_equal_sets(tmp_path):
     from tools.evaluate import judge_statistics
     from tools.fid import frechet_distance
-    from tools.train_segmenter import load_judge
+    from jmodels.segmenter import load_judge
     judge = load_judge(tiny_judge(tmp_path / "j.npz", []))
     model = judge[0]
     x = jt.array(np.random.default_rng(0).uniform(-1, 1, (3, 3, 48, 64)).astype(np.float32))

@@ -1,8 +1,8 @@
-"""The style term of the score (tools/style_metric.py) on images whose histograms are known by hand."""
+"""The style term of the score (jmodels/style_metric.py) on images whose histograms are known by hand."""
 import numpy as np
 import pytest
 
-from tools.style_metric import correl, hsv_hist, rgb_hist, rgb_to_hsv_cv, style_score
+from jmodels.style_metric import correl, hsv_hist, rgb_hist, rgb_to_hsv_cv, style_score
 
 
 def flat(rgb, h=4, w=6):

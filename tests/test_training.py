@@ -140,6 +140,28 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_the_learning_rate_schedule_resumes_exactly(tmp_path):
+    """Warm-up and cosine decay: the rate of each step comes from the step read from the checkpoint."""
+    from jmodels.lr_schedule import lr_at
+    cfg = dict(TINY, warmup_steps=2, lr_floor=0.1, max_steps=5)
+    data = batches(5)
+    straight, rates = new_run(cfg), []
+    for b in data:
+        train_vae.train_step(straight, [b])
+        rates.append((straight.opt.lr, straight.opt_d.lr))
+    assert rates == [(lr_at(i, 1e-3, 2, 5, 0.1),) * 2 for i in range(5)] and rates[0][0] < rates[2][0] > rates[4][0]
+    first = new_run(cfg)
+    for b in data[:3]:
+        train_vae.train_step(first, [b])
+    first.save(tmp_path / "ckpt.npz")
+    resumed = new_run(cfg)
+    resumed.load(tmp_path / "ckpt.npz")
+    for b in data[3:]:
+        train_vae.train_step(resumed, [b])
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_resume_refuses_another_architecture(tmp_path):
     run = train_vae.new_state(TINY, train_vae.vae_config(TINY))
     run.save(tmp_path / "ckpt.npz")

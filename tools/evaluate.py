@@ -5,7 +5,7 @@
                              [--fid_weights pt_inception-2015-12-05-6726825d.pth] [--fid_real <folder>]
 
 score = mask_accuracy * (0.2 * aesthetic + 0.3 * (0.5 * style + 0.5) + 0.5 * (100 - FID) / 100)
-(../shared/CONTEST.md). Terms: style (tools/style_metric.py); mask accuracy from the stand-in
+(../shared/CONTEST.md). Terms: style (jmodels/style_metric.py); mask accuracy from the stand-in
 judge (tools/train_segmenter.py), whose own held-out accuracy is printed beside it as its ceiling;
 aesthetic only when given (the organisers' predictor is unpublished); FID (tools/fid.py, capped at
 100) against real images when the public FID Inception weights are given (`--fid_weights`), else
@@ -74,7 +74,7 @@ def resized(image, size, resample=Image.BICUBIC):
 def judge_statistics(judge, images_uint8):
     """Mean and covariance of the judge's pooled features of (N, H, W, 3) images at the judge's size."""
     from tools.fid import statistics
-    from tools.train_segmenter import pooled_features
+    from jmodels.segmenter import pooled_features
     model, size, _ = judge
     return statistics(pooled_features(model, np.stack([resized(im, size) for im in images_uint8])))
 
@@ -88,8 +88,8 @@ def score(results, items, judge=None, real_stats=None):
     """
     import dataset
     from tools.fid import frechet_distance
-    from tools.style_metric import style_score
-    from tools.train_segmenter import predict
+    from jmodels.style_metric import style_score
+    from jmodels.segmenter import predict
     model, size, _ = judge if judge is not None else (None, None, None)
     rows, outputs, t_style, t_mask = [], [], 0.0, 0.0
     for it in items:
@@ -157,7 +157,7 @@ def main(argv=None):
     if Path(args.judge).is_file():
         from jmodels.runtime import init_jittor
         init_jittor()
-        from tools.train_segmenter import load_judge
+        from jmodels.segmenter import load_judge
         judge = load_judge(args.judge)
         reals = real_image_paths(args.img_path, exclude={it.stem for it in items}, limit=args.fid_max_real)
         if len(reals) >= MIN_REAL:

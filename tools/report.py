@@ -236,7 +236,7 @@ def main(argv=None):
     from jmodels.atomic import atomic_file
     from jmodels.runtime import init_jittor
     from tools.evaluate import judge_statistics, real_images, resized, score
-    from tools.train_segmenter import load_judge
+    from jmodels.segmenter import load_judge
 
     run, out = Path(args.run), Path(args.run) / "report"
     args.results = Path(args.results) if args.results else run / "results"

@@ -37,45 +37,14 @@ def recolour(images_uint8, rng, p):
     return out
 
 
-def _batched(fn, images_uint8, batch_size):
-    import jittor as jt
-    from jmodels.imageio import to_unit
-    out = []
-    with jt.no_grad():
-        for i in range(0, len(images_uint8), batch_size):
-            out.append(fn(jt.array(to_unit(images_uint8[i:i + batch_size]))).numpy())
-    return np.concatenate(out)
-
-
-def predict(model, images_uint8, batch_size=16):
-    """(N, H, W, 3) uint8 -> (N, H, W) predicted class ids."""
-    return _batched(lambda x: model(x).argmax(1)[0], images_uint8, batch_size)
-
-
-def pooled_features(model, images_uint8, batch_size=16):
-    """(N, H, W, 3) uint8 -> (N, C) float64 pooled bottleneck features (Segmenter.features)."""
-    return _batched(model.features, images_uint8, batch_size).astype(np.float64)
-
-
 def held_out_accuracy(model, val):
     """Pixel accuracy on held-out images as they are, and recoloured toward other held-out images."""
     from jmodels.color import reinhard_transfer
+    from jmodels.segmenter import predict
     images = val["image"]
     moved = np.stack([reinhard_transfer(im, images[(k + 1) % len(images)], 1.0) for k, im in enumerate(images)])
     return (float((predict(model, images) == val["label"]).mean()),
             float((predict(model, moved) == val["label"]).mean()))
-
-
-def load_judge(path):
-    """A trained judge and its input size (W, H)."""
-    from jmodels import checkpoint
-    from jmodels.segmenter import Segmenter, SegmenterConfig
-    meta, groups = checkpoint.load(path)
-    if meta.get("kind") != "judge":
-        raise checkpoint.CheckpointError(f"{path}: not a judge checkpoint (tools/train_segmenter.py makes one)")
-    model = checkpoint.load_into(Segmenter(SegmenterConfig.from_dict(meta["config"])), groups["model"], str(path))
-    model.eval()
-    return model, tuple(meta["size"]), meta
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
 """The contest's style term: correlation of colour histograms between an output and its reference.
+In the model package because test.py's best-of-N (`--candidates`) scores its own candidates with it.
 
 The organisers' binning is unpublished. We follow the public reimplementation (repository
 Mirage-c/StyleSimilarityComp, `hist_comp.py`): a joint RGB histogram of 16 bins per channel
