@@ -36,10 +36,25 @@ def hinge_d_loss(logits_real, logits_fake):
     return 0.5 * (nn.relu(1.0 - logits_real).mean() + nn.relu(1.0 + logits_fake).mean())
 
 
-def adaptive_weight(nll, g_loss, last_layer, max_weight=1e4):
-    """||grad nll|| / ||grad g_loss|| at the decoder's last layer, so neither loss drowns the other.
-    Under MPI the gradients are those of the global batch (averaged over ranks), as in one process."""
+# Values per image of the 256x256 crops latent-diffusion's autoencoders were trained on (its configs'
+# `resolution: 256`): where its clamp on the adaptive weight was the operating point.
+LDM_VALUES = 3 * 256 * 256
+
+
+def adaptive_weight(nll, g_loss, last_layer, max_weight=1e4, values_per_image=None):
+    """||grad nll|| / ||grad g_loss|| at the decoder's last layer, so neither loss drowns the other, clamped.
+
+    nll is a per-image sum, as latent-diffusion's, so the ratio grows with the pixels summed and sits at the
+    clamp, where the GAN term weighs max_weight / values_per_image against the mean L1: a weight that
+    depends on the resolution (docs/vae_gan_weight.md). With `values_per_image` (C*H*W of one image) the
+    clamp is max_weight * values_per_image / LDM_VALUES, latent-diffusion's balance at 256x256 at any size;
+    None keeps latent-diffusion's fixed clamp. Under MPI the gradients are those of the global batch
+    (averaged over ranks), as in one process."""
     from .parallel import mean_over_ranks
+    if values_per_image is not None:
+        if values_per_image <= 0:
+            raise ValueError(f"values_per_image must be > 0 (C*H*W of one image), got {values_per_image!r}")
+        max_weight = max_weight * values_per_image / LDM_VALUES
     g_nll = mean_over_ranks(jt.grad(nll, last_layer, retain_graph=True))
     g_gan = mean_over_ranks(jt.grad(g_loss, last_layer, retain_graph=True))
     w = g_nll.sqr().sum().sqrt() / (g_gan.sqr().sum().sqrt() + 1e-4)
