@@ -1,0 +1,222 @@
+"""Tune test.py's settings on held-out pairs; the winner goes to <run>/test_flags.json (issue 19 item 1).
+
+    python tools/tune.py --run RUN --input_path TEST --img_path TRAIN [--judge runs/judge/ckpt.npz]
+                         [--budget 240] [--seed 0] [--axes guidance,steps,...] [--steps 20 ...]
+
+The test folder's pairs are split in two (sorted stems, a permutation seeded by --seed): the search
+scores on half A, and the report compares the defaults with the winner on half B, pairs it never
+saw. A coordinate search walks AXES from the starting settings (test.py's DEFAULTS; any of its
+tuned flags given here moves the start): each setting is scored by the mean over half A's images
+of candidate_score(judge mask accuracy, style), the per-image local total, with its standard
+error. FID and the judge FD are set-level terms and are left out of this per-image search. A
+setting replaces the current best only when a paired comparison on the same images says it is
+better beyond the noise: the mean of the per-image differences exceeds 2 standard errors of that
+mean (`beats`); else the defaults stay. --budget (images x settings) stops the search. Writes
+<run>/test_flags.json ("flags": what test.py reads; "table", "report", "fewest_calls") and
+<run>/tune.png (score against UNet calls per image).
+"""
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import test as entry  # noqa: E402
+
+# ---- defaults: every knob is a flag of the same name ------------------------------------------------
+DEFAULTS = dict(
+    run="",                       # run folder with vae/ and ldm/ checkpoints (test.py's --run)
+    input_path="",                # held-out test folder: label PNGs + label_to_img.json
+    img_path="",                  # training folder: references under imgs/, their labels under labels/
+    judge="runs/judge/ckpt.npz",  # the stand-in segmenter that scores mask accuracy
+    budget=240,                   # images x settings; the search stops before passing it
+    seed=0,                       # the split's permutation and the generation noise (test.py's --seed)
+    axes="",                      # comma-separated names of AXES to search, in AXES order; empty: all
+    batch_size=4,
+    **{k: entry.DEFAULTS[k] for k in entry.TUNED if k != "candidates"},  # the starting settings
+)
+# ------------------------------------------------------------------------------------------------------
+SEARCHED = tuple(k for k in entry.TUNED if k != "candidates")  # best-of-N is measured apart (issue 19 item 2)
+AXES = {  # values tried per axis, in this order; guidance 3.5 is the winning entry's scale
+    "guidance": (2.0, 3.5, 1.5, 5.0),
+    "steps": (20, 10, 30),
+    "strength": (0.8, 0.6, 1.0),
+    "color_transfer": (0.5, 0.0, 0.25, 0.75, 1.0),
+    "color_per_class": (True, False),
+    "drop": (("mask", "style"), ("mask",), ("style",)),
+    "sampler": ("dpmpp_2m", "ddim"),
+    "refine": ((), (0.3,), (0.3, 0.2)),  # last: each pass costs a full sampling again
+}
+NOISE_SE = 2.0  # a candidate must beat the best by this many standard errors of the paired mean difference
+
+
+def split_halves(stems, seed):
+    """(half A, half B): the sorted stems permuted by `seed`, the first half A; each half sorted."""
+    stems = sorted(stems)
+    if len(stems) < 4:
+        raise ValueError(f"need at least 4 held-out pairs to tune on 2 and report on 2, got {len(stems)}")
+    order = [stems[i] for i in np.random.default_rng(seed).permutation(len(stems))]
+    return sorted(order[:len(stems) // 2]), sorted(order[len(stems) // 2:])
+
+
+def mean_se(scores):
+    """Mean and standard error over images (0 for a single image)."""
+    s = np.asarray(scores, np.float64)
+    return float(s.mean()), float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else 0.0
+
+
+def beats(candidate, best):
+    """True when the per-image scores `candidate` beat `best` on the same images beyond the noise:
+    mean(candidate - best) > NOISE_SE * its standard error. Fewer than 2 images never switch."""
+    d = np.asarray(candidate, np.float64) - np.asarray(best, np.float64)
+    if len(d) < 2:
+        return False
+    mean, se = mean_se(d)
+    return mean > NOISE_SE * se
+
+
+def label(settings, start):
+    """The settings that differ from `start`, as `name=value` (`start` itself: "start")."""
+    diff = [f"{k}={entry.fmt(v)}" for k, v in settings.items() if v != start[k]]
+    return " ".join(diff) or "start"
+
+
+def search(evaluate, start, axes, budget, n_images):
+    """Coordinate search from `start` over `axes` ({name: values}). evaluate(settings) -> (per-image
+    scores, UNet calls per image, seconds per image). -> (winner, table rows, images x settings used)."""
+    rows, best, used = [], dict(start), 0
+
+    def run(settings):
+        nonlocal used
+        scores, calls, secs = evaluate(settings)
+        used += n_images
+        mean, se = mean_se(scores)
+        rows.append(dict(label=label(settings, start), settings=dict(settings), mean=mean, stderr=se,
+                         unet_calls=calls, seconds_per_image=secs, scores=[float(s) for s in scores]))
+        return rows[-1]
+
+    if budget < n_images:
+        raise ValueError(f"budget {budget} images x settings cannot score the start on {n_images} images")
+    best_row = run(best)
+    for name, values in axes.items():
+        for value in values:
+            trial = {**best, name: value}
+            if any(r["settings"] == trial for r in rows):
+                continue
+            if used + n_images > budget:
+                return best, rows, used
+            row = run(trial)
+            row["decision"] = "new best" if beats(row["scores"], best_row["scores"]) else "within noise or worse"
+            if row["decision"] == "new best":
+                best, best_row = trial, row
+    return best, rows, used
+
+
+def fewest_calls(rows):
+    """The row with the fewest UNet calls per image whose mean is within one stderr of the best mean."""
+    top = max(rows, key=lambda r: r["mean"])
+    near = [r for r in rows if r["mean"] >= top["mean"] - top["stderr"]]
+    low = min(near, key=lambda r: (r["unet_calls"], -r["mean"]))
+    return dict(unet_calls=low["unet_calls"], label=low["label"], mean=low["mean"], stderr=low["stderr"],
+                best_label=top["label"], best_mean=top["mean"], best_stderr=top["stderr"])
+
+
+def scorer(pipe, judge, inputs, seed, batch_size):
+    """evaluate(settings) for `search`: generates `inputs` (stems, labels, refs, ref_labels) in batches."""
+    from jmodels import pipeline
+    stems, labels, refs, ref_labels = inputs
+
+    def evaluate(settings):
+        gen = {"without": entry.DEFAULTS["without"], **settings, "seed": seed}
+        scores, calls, t0 = [], 0, time.time()
+        for i in range(0, len(stems), batch_size):
+            sl = slice(i, i + batch_size)
+            images, calls = pipeline.generate(pipe, gen, stems[sl], labels[sl], refs[sl], ref_labels[sl])
+            scores += [pipeline.candidate_score(a, s)
+                       for a, s in pipeline.judge_scores(judge, images, labels[sl], refs[sl])]
+        return scores, calls, (time.time() - t0) / len(stems)
+    return evaluate
+
+
+def jsonable(settings):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def report(evaluate, start, winner):
+    """Defaults against the winner on the report half: means, stderrs and the paired difference."""
+    s0, c0, t0 = evaluate(start)
+    s1, c1, t1 = (s0, c0, t0) if winner == start else evaluate(winner)
+    diff = mean_se(np.subtract(s1, s0))
+    return {name: dict(mean=mean_se(s)[0], stderr=mean_se(s)[1], unet_calls=c, seconds_per_image=t)
+            for name, s, c, t in (("defaults", s0, c0, t0), ("winner", s1, c1, t1))} | dict(
+        n_images=len(s0), difference=dict(mean=diff[0], stderr=diff[1]))
+
+
+def write_results(run_dir, winner, rows, rep, few, split):
+    """<run>/test_flags.json (atomic) and <run>/tune.png."""
+    from jmodels.atomic import atomic_file
+    from jmodels.curves import plot_points
+    flags = {k: v for k, v in winner.items() if v != entry.DEFAULTS[k]}
+    table = [{**{k: v for k, v in r.items() if k != "scores"}, "settings": jsonable(r["settings"])} for r in rows]
+    doc = dict(flags=jsonable(flags), table=table, report=rep, fewest_calls=few, split=split,
+               rule=f"switch when the paired mean difference on half A > {NOISE_SE} stderr")
+    with atomic_file(run_dir / "test_flags.json") as f:
+        f.write(json.dumps(doc, indent=1).encode())
+    plot_points([(r["unet_calls"], r["mean"], r["label"], r["stderr"]) for r in rows], run_dir / "tune.png",
+                "UNet calls per image", "local total (half A)", f"tools/tune.py: {len(rows)} settings on {run_dir.name}")
+    return flags
+
+
+def print_results(rows, rep, few, flags):
+    print(f"{'setting':40s} {'mean':>7s} {'stderr':>7s} {'calls':>6s} {'s/img':>6s}  decision")
+    for r in rows:
+        print(f"{r['label'][:40]:40s} {r['mean']:7.4f} {r['stderr']:7.4f} {r['unet_calls']:6d} "
+              f"{r['seconds_per_image']:6.2f}  {r.get('decision', 'start')}")
+    print(f"report half ({rep['n_images']} images): " + ", ".join(
+        f"{k} {rep[k]['mean']:.4f} ± {rep[k]['stderr']:.4f} ({rep[k]['unet_calls']} calls)" for k in ("defaults", "winner"))
+        + f"; winner - defaults {rep['difference']['mean']:+.4f} ± {rep['difference']['stderr']:.4f}")
+    print(f"fewest calls within one stderr of the best: {few['unet_calls']} ({few['label']})")
+    print("flags: " + (", ".join(f"{k}={entry.fmt(v)}" for k, v in flags.items()) or "none (the defaults stay)"))
+
+
+def main(argv=None):
+    from jmodels import cli
+    cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
+    import dataset
+    names = [a for a in cfg["axes"].split(",") if a]
+    if set(names) - set(AXES):
+        sys.exit(f"error: --axes {cfg['axes']}: axes are {','.join(AXES)}")
+    axes = {k: v for k, v in AXES.items() if not names or k in names}
+    if not Path(cfg["judge"]).is_file():
+        sys.exit(f"error: --judge {cfg['judge']} does not exist: train one with tools/train_segmenter.py")
+    try:
+        items = {it.stem: it for it in dataset.list_test_items(cfg["input_path"], cfg["img_path"])}
+        halves = split_halves(items, cfg["seed"])
+        inputs = [(h, *entry.load_inputs([items[s] for s in h], cfg["img_path"])) for h in halves]
+    except (dataset.DataError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    run_dir = entry.find_run(cfg["run"])
+    from jmodels.runtime import init_jittor
+    init_jittor(seed=cfg["seed"])
+    from jmodels import pipeline
+    from jmodels.segmenter import load_judge
+    pipe, judge = pipeline.load(run_dir), load_judge(cfg["judge"])
+    start = {k: cfg[k] for k in SEARCHED}
+    start["refine"] = tuple(float(r) for r in start["refine"])  # a tuple flag parses as strings
+    print(f"{pipe.describe()}\ntuning on {len(halves[0])} pairs, reporting on {len(halves[1])}; budget {cfg['budget']}")
+    tune_on, report_on = (scorer(pipe, judge, inp, cfg["seed"], cfg["batch_size"]) for inp in inputs)
+    try:
+        winner, rows, used = search(tune_on, start, axes, cfg["budget"], len(halves[0]))
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    rep, few = report(report_on, start, winner), fewest_calls(rows)
+    flags = write_results(run_dir, winner, rows, rep, few, dict(seed=cfg["seed"], tune=halves[0], report=halves[1]))
+    print_results(rows, rep, few, flags)
+    print(f"{used} of {cfg['budget']} images x settings used; wrote {run_dir / 'test_flags.json'} and {run_dir / 'tune.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
