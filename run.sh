@@ -21,8 +21,9 @@ DEMO_FLAGS="--train 120 --test 24 --seed 0"
 VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
 LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: README.md)
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
+TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm test report
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm tune test report
 JUDGE=${JUDGE:-runs/judge}    # the report's stand-in judge (<folder>/ckpt.npz), trained on DATA when absent
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
 NP=${NP:-${GPUS:-1}}          # training processes on any device (CPU: NP=2); > 1 launches through mpirun
@@ -94,21 +95,30 @@ if [ "$TEST" = holdout ]; then
     REPORT=1
 fi
 
+if [ -n "$REPORT" ]; then  # held-out pairs: tune test.py's settings on one half, report on the other
+    if [ ! -f "$JUDGE/ckpt.npz" ]; then
+        banner "judge: the stand-in segmenter that scores layouts -> $JUDGE/ckpt.npz"
+        timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE"
+    fi
+    if forced tune || older "$RUN/test_flags.json"; then
+        banner "tune: test.py's settings on half the held-out pairs -> $RUN/test_flags.json"
+        redo tune "$RUN/test_flags.json"
+        timed tune $PY tools/tune.py --run "$RUN" --input_path "$TEST" --img_path "$DATA" \
+            --judge "$JUDGE/ckpt.npz" $TUNE_FLAGS
+    fi
+fi
+
 if [ -z "$TEST" ]; then
     echo "test: skipped (no TEST folder given)"
 else
     banner "test: the contest entry -> $RESULTS and $RESULTS.zip"
-    if forced test || older "$RESULTS"; then  # outputs of older weights are not kept
+    if forced test || older "$RESULTS" || [ "$RUN/test_flags.json" -nt "$RESULTS" ]; then  # older weights or settings
         redo test "$RESULTS" "$RESULTS.zip"
     fi
     timed test $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
 fi
 
-if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md"; }; then
-    if [ ! -f "$JUDGE/ckpt.npz" ]; then
-        banner "judge: the stand-in segmenter that scores layouts -> $JUDGE/ckpt.npz"
-        timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE"
-    fi
+if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md"; }; then  # the judge was made above
     banner "report: held-out scores against baselines and ablations -> $RUN/report.md"
     if forced report || [ -f "$RUN/report.md" ]; then  # else an interrupted report resumes its ablations
         redo report "$RUN/report" "$RUN/report.md"

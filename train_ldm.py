@@ -4,7 +4,8 @@
 
 Reads the stage-1 checkpoint (EMA weights and the measured latent scale). Writes `<out>/ckpt.npz`
 (step, UNet and diffusion configs, weights, EMA, optimizer state), `<out>/samples/*.png` (label |
-reference from another held-out photo | sample from noise | the real photo) and `<out>/log.jsonl`.
+reference from another held-out photo | sample from noise | the real photo), `<out>/log.jsonl` and
+`<out>/curves.png` (the log drawn, redrawn at every checkpoint).
 Re-running resumes exactly; a finished run returns at once.
 Refs: Rombach et al. 2022 (latent diffusion); Wang et al. 2022 (SDM); Ho & Salimans 2022 (guidance).
 """
@@ -226,7 +227,8 @@ def main(argv=None):
     parallel.print0(f"UNet: {n_params / 1e6:.2f} M parameters; latents {cfg['size'][0] // 8}x{cfg['size'][1] // 8}, "
                     f"scale {scale:.4f}; {jt.world_size} process(es), global batch {cfg['batch_size']}; augmentation: "
                     + ("flips only (--cache_latents: no zoom)" if cfg["cache_latents"] else "flips and zoom up to 1.25"))
-    save, grid = parallel.on_main(run.save), parallel.on_main(sample_grid)
+    from jmodels.curves import draw_curves
+    save, grid, curves = parallel.on_main(run.save), parallel.on_main(sample_grid), parallel.on_main(draw_curves)
     log = parallel.open_log(out / "log.jsonl")
     batches = loader.forever(start_step=run.step * cfg["accum"])
     bar = tqdm(total=cfg["max_steps"], initial=run.step, desc="ldm", dynamic_ncols=True,
@@ -246,6 +248,7 @@ def main(argv=None):
             grid(run, val, out / "samples" / f"step_{run.step:07d}.png")
         if run.step % cfg["ckpt_every"] == 0 or run.step == cfg["max_steps"]:
             save(ckpt)
+            curves(out / "log.jsonl", out / "curves.png", "stage 2: the conditional UNet")
     bar.close()
     parallel.print0(f"done: step {run.step} -> {ckpt}")
     return run.meta()

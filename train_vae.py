@@ -4,8 +4,8 @@
 
 Writes `<out>/ckpt.npz` (one self-describing file: step, config, weights, EMA, optimizer states,
 and at the end the latent scale measured on training data), `<out>/samples/*.png` (held-out input
-| EMA reconstruction | raw reconstruction) and `<out>/log.jsonl`. Re-running resumes from the
-checkpoint; a finished run returns at once.
+| EMA reconstruction | raw reconstruction), `<out>/log.jsonl` and `<out>/curves.png` (redrawn at
+every checkpoint). Re-running resumes from the checkpoint; a finished run returns at once.
 Refs: Rombach et al. 2022 (latent diffusion, `LPIPSWithDiscriminator`); Esser et al. 2021 (eq. 7).
 """
 import json
@@ -181,7 +181,8 @@ def main(argv=None):
             save_grid([[to_uint8(a), to_uint8(b), to_uint8(c)] for a, b, c in zip(val_images[:4], rec, raw)], grid)
         return float(psnr(val_images, rec).mean())
 
-    save = parallel.on_main(run.save)
+    from jmodels.curves import draw_curves
+    save, curves = parallel.on_main(run.save), parallel.on_main(draw_curves)
     val_psnr = evaluate()
     log = parallel.open_log(out / "log.jsonl")
     if run.step == 0 and parallel.is_main():
@@ -204,12 +205,15 @@ def main(argv=None):
         if run.step % cfg["sample_every"] == 0 or run.step == cfg["max_steps"]:
             val_psnr = evaluate(out / "samples" / f"step_{run.step:07d}.png")
             log.write(json.dumps({"step": run.step, "val_psnr": val_psnr}) + "\n")
+            log.flush()
         if run.step % cfg["ckpt_every"] == 0 and run.step < cfg["max_steps"]:
             save(ckpt, val_psnr=val_psnr)
+            curves(out / "log.jsonl", out / "curves.png", "stage 1: the autoencoder")
     bar.close()
     train_plain = dataset.PairDataset(cfg["data"], cfg["size"], False, train_stems)
     scale = parallel.on_main(latent_scale)(run.ema.twin, train_plain, cfg["scale_images"], cfg["batch_size"])
     save(ckpt, val_psnr=val_psnr, latent_scale=scale)
+    curves(out / "log.jsonl", out / "curves.png", "stage 1: the autoencoder")
     if parallel.is_main():
         print(f"done: step {run.step}, val PSNR {val_psnr:.2f} dB, latent scale {scale:.4f} -> {ckpt}")
     return run.meta(val_psnr=val_psnr, latent_scale=scale)

@@ -86,6 +86,9 @@ def test_two_processes_train_the_vae_as_one(vae_runs):
     assert meta1["val_psnr"] == pytest.approx(meta2["val_psnr"], abs=1e-3)
     log = (vae_runs / "np2/log.jsonl").read_text().splitlines()
     assert len(log) == len((vae_runs / "np1/log.jsonl").read_text().splitlines())  # rank 0 alone writes
+    from PIL import Image
+    with Image.open(vae_runs / "np2/curves.png") as im:  # drawn from the log at the last checkpoint
+        assert im.format == "PNG" and im.size[0] > 300 and "nll" in im.info.get("panels", "")
 
 
 @needs_mpi
@@ -110,6 +113,7 @@ def test_two_processes_train_the_ldm_as_one_and_resume_under_any_count(vae_runs,
     # the latent cache was built once (by rank 0 of the first run) and read by every rank after
     assert (tmp_path / "b/latents.npz").is_file() and not list((tmp_path / "b").glob(".*.tmp"))
     assert len((tmp_path / "b/log.jsonl").read_text().splitlines()) == 4  # steps 1..4, written once each
+    assert (tmp_path / "b/curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_launch_refuses_a_process_count_without_mpi(tmp_path):
