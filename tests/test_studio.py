@@ -168,6 +168,7 @@ def test_references_are_paged_and_confined_to_the_training_folder(world):
     page1 = api(world, "GET", "/api/references?page=1&per=4")
     assert (page0["total"], page0["pages"], page0["items"], page1["items"]) == (6, 2, imgs[:4], imgs[4:])
     assert api(world, "GET", "/api/references?page=99&per=4")["page"] == 1  # past the end: the last page
+    assert api(world, "GET", f"/api/references?page=0&per=4&find={imgs[5]}")["page"] == 1
     assert "whole number" in error(world, "GET", "/api/references?page=x")
     got, headers, data = call(world, "GET", f"/api/reference?name={imgs[0]}")
     assert got == 200 and data == (world["demo"] / "train/imgs" / imgs[0]).read_bytes()

@@ -239,10 +239,11 @@ class Studio:
         return ids_payload(label, stem, resize_note("label", size))
 
     # ---- references ---------------------------------------------------------------------------------
-    def references(self, page, per):
+    def references(self, page, per, find=""):
+        """One page of the training images' names; `find`: the page that holds that name."""
         names = list(self.refs)
         pages = max(1, -(-len(names) // per))
-        page = min(max(page, 0), pages - 1)
+        page = names.index(find) // per if find in self.refs else min(max(page, 0), pages - 1)
         return {"total": len(names), "page": page, "pages": pages, "per": per,
                 "items": names[page * per:(page + 1) * per], "note": self.refs_note}
 
@@ -521,8 +522,8 @@ GET_ROUTES = {
     "/api/test_labels": lambda h, s, q: h.reply({"items": [{"name": n, "reference": it.reference.name}
                                                            for n, it in s.tests.items()], "note": s.tests_note}),
     "/api/test_label": lambda h, s, q: h.reply(s.test_label(q.get("name", ""))),
-    "/api/references": lambda h, s, q: h.reply(s.references(page_number(q, "page", 0, 10 ** 6),
-                                                             max(1, page_number(q, "per", 24, LIMITS["page"])))),
+    "/api/references": lambda h, s, q: h.reply(s.references(page_number(q, "page", 0, 10 ** 6), max(
+        1, page_number(q, "per", 24, LIMITS["page"])), q.get("find", ""))),
     "/api/reference": lambda h, s, q: send_file(h, s.reference_path(q.get("name", "")), q.get("name", "")),
     "/api/thumb": lambda h, s, q: h.send(s.thumbnail(q.get("name", "")), "image/jpeg"),
     "/api/job": lambda h, s, q: h.reply(s.status(q.get("id", ""))),
