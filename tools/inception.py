@@ -5,6 +5,7 @@ The weights are never downloaded here: the user passes the file.
 Refs: Szegedy et al. 2016 (Inception-v3); Heusel et al. 2017 (FID); pytorch-fid `inception.py`.
 """
 import jittor as jt
+import numpy as np
 from jittor import nn
 
 
@@ -18,8 +19,18 @@ class BasicConv2d(nn.Module):
         return nn.relu(self.bn(self.conv(x)))
 
 
-def avg_pool_3x3(x):  # FID's blocks exclude the padding from the mean
-    return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)(x)
+def avg_pool_3x3(x):
+    """3x3 mean, stride 1, over the pixels inside the image only (TensorFlow's rule, which FID's blocks keep).
+
+    Not AvgPool2d(count_include_pad=False): without ceil_mode, Jittor 1.3.11 averages through a reindex
+    that ignores the flag and counts the zero padding (each such block's border outputs were off by up
+    to 2 against pytorch-fid's, the pool3 features by up to 0.2: tests/test_fid.py). So the window sums
+    are divided by each window's count of pixels inside the image.
+    """
+    h, w = x.shape[2:]
+    inside = lambda n: 3.0 - (np.arange(n) == 0) - (np.arange(n) == n - 1)  # 2 at each border, else 3
+    count = jt.array(np.outer(inside(h), inside(w)).astype(np.float32)).reshape(1, 1, h, w)
+    return nn.Pool(3, stride=1, padding=1, op="add")(x) / count
 
 
 def max_pool(x, k=3, stride=2, padding=0):
