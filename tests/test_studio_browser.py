@@ -1,5 +1,5 @@
-"""The studio end to end in headless Chromium: load a test label (its reference comes pre-selected), clear,
-paint strokes and a flood fill, pick a reference, press Generate, wait for the picture; check it is
+"""The studio end to end in headless Chromium: load a test label (its reference comes pre-selected), a bad
+label file refused on the page, an uploaded reference, clear, paint strokes and a flood fill, pick a reference, press Generate, wait for the picture; check it is
 512x384, differs from the blank canvas, and was made from the painted label; save a screenshot
 (runs/studio_screenshot.png). Chromium is driven over its DevTools protocol with the standard library
 (a small websocket client below), so the test adds no Python dependency; tools/install_browser.sh
@@ -32,7 +32,7 @@ from tools.make_demo_data import make_demo  # noqa: E402
 SCREENSHOT = ROOT / "runs" / "studio_screenshot.png"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run", "--hide-scrollbars", "--remote-debugging-port=0"]
-VIEW = (1400, 1280)  # the page at this size holds both canvases, the settings and the references
+VIEW = (1400, 1200)  # the page at this size holds both canvases, the settings and the references
 
 
 def chromium():
@@ -133,6 +133,12 @@ class DevTools:
         self.mouse("mousePressed", x, y, True)
         self.mouse("mouseReleased", x, y)
 
+    def choose_file(self, selector, path):
+        """A file picked in an <input type=file>, as a person's choice fires its change event."""
+        root = self("DOM.getDocument")["root"]["nodeId"]
+        node = self("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self("DOM.setFileInputFiles", nodeId=node, files=[str(path)])
+
     def stroke(self, points):
         """A drag over the canvas through `points` in canvas pixels."""
         left, top = self.js("(() => { const r = document.getElementById('canvas').getBoundingClientRect();"
@@ -199,6 +205,21 @@ def test_paint_pick_generate_in_chromium(browser):
     tools.until(f"document.querySelector('.thumb.active')?.dataset.name === {json.dumps(want_ref)}", 30,
                 "the test label's reference being pre-selected")
     np.testing.assert_array_equal(canvas_ids(tools), dataset.read_label(demo / "test/val_A_labels_resized" / name))
+
+    # files chosen in the page's file inputs: a label with ids past 28 is refused with the server's message
+    # shown; an uploaded photo becomes the chosen reference
+    bad = demo.parent / "bad_label.png"
+    Image.fromarray(np.full((384, 512), 40, np.uint8)).save(bad)
+    tools.choose_file("#label-file", bad)
+    assert "bad_label.png: label values [40] outside 0..28" in tools.until(
+        "!document.getElementById('notice').hidden && document.getElementById('notice').textContent", 30,
+        "the refusal shown on the page")
+    photo = demo.parent / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(photo)
+    tools.choose_file("#ref-file", photo)
+    assert tools.until("document.getElementById('ref-name').textContent.startsWith('uploaded image')", 30,
+                       "the uploaded reference chosen")
+    assert "resized to 512x384" in tools.js("document.getElementById('notice').textContent")
 
     # clear to sky, then paint: a mountain band across, the sky under it filled with sea, a few trees
     tools.click(".swatch[data-class='sky']")

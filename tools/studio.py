@@ -209,12 +209,12 @@ class Studio:
     # ---- labels ------------------------------------------------------------------------------------
     def test_label(self, name):
         item = self._test_item(name)
-        with Image.open(item.label) as im:
-            size = im.size
         try:
             label = dataset.read_label(item.label)
         except dataset.DataError as e:
             raise StudioError(422, str(e)) from None
+        with Image.open(item.label) as im:  # read_label has just opened it: this cannot fail
+            size = im.size
         return ids_payload(label, item.stem, resize_note("label", size), item.reference.name)
 
     def _test_item(self, name):
@@ -437,6 +437,7 @@ class Handler(BaseHTTPRequestHandler):
     """Routes to the Studio; every failure becomes a JSON {"error": message} with its status."""
     server_version = "studio/1"
     protocol_version = "HTTP/1.1"
+    timeout = 120  # seconds an idle keep-alive connection holds its thread
 
     def do_GET(self):
         self._serve(GET_ROUTES)
@@ -513,8 +514,9 @@ def page_number(query, name, default, high):
         raise StudioError(400, f"{name} must be a whole number") from None
 
 
-def send_file(h, path, download=""):
-    h.send(path.read_bytes(), IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"), download=download)
+def send_file(h, path, download=False):
+    h.send(path.read_bytes(), IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream"),
+           download=path.name.replace('"', "") if download else "")
 
 
 GET_ROUTES = {
@@ -524,7 +526,7 @@ GET_ROUTES = {
     "/api/test_label": lambda h, s, q: h.reply(s.test_label(q.get("name", ""))),
     "/api/references": lambda h, s, q: h.reply(s.references(page_number(q, "page", 0, 10 ** 6), max(
         1, page_number(q, "per", 24, LIMITS["page"])), q.get("find", ""))),
-    "/api/reference": lambda h, s, q: send_file(h, s.reference_path(q.get("name", "")), q.get("name", "")),
+    "/api/reference": lambda h, s, q: send_file(h, s.reference_path(q.get("name", "")), download=True),
     "/api/thumb": lambda h, s, q: h.send(s.thumbnail(q.get("name", "")), "image/jpeg"),
     "/api/job": lambda h, s, q: h.reply(s.status(q.get("id", ""))),
     "/api/job_file": lambda h, s, q: send_file(h, s.job_file(q.get("id", ""), q.get("name", ""))),

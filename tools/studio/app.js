@@ -341,6 +341,7 @@ async function generate() {
 
 function showProgress(fraction, text) {
   $("progress").hidden = false;
+  $("placeholder").textContent = $("result").hidden ? "Generating…" : "";
   $("progress-bar").style.width = `${Math.round(100 * fraction)}%`;
   $("status").textContent = text;
 }
