@@ -91,13 +91,36 @@ def test_fewest_calls_within_one_stderr_of_the_best():
     assert (few["unet_calls"], few["label"], few["best_label"]) == (30, "c", "a")
 
 
+def other_judge(path, like):
+    """The tiny judge `like` with other weights: a second judge that sees the same images differently."""
+    from jmodels import checkpoint
+    from jmodels.segmenter import Segmenter, SegmenterConfig
+    from helpers import perturbed
+    meta, _ = checkpoint.load(like)
+    return checkpoint.save(path, meta, model=perturbed(Segmenter(SegmenterConfig.from_dict(meta["config"])), 8, sigma=0.3))
+
+
 def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys):
     demo, run, judge = setup
+    judge2 = other_judge(tmp_path / "judge2.npz", judge)
     args = ["--run", str(run), "--input_path", str(demo / "test"), "--img_path", str(demo / "train"),
-            "--judge", str(judge), "--steps", "3", "--axes", "guidance", "--budget", "6", "--batch_size", "2"]
+            "--judge", str(judge), "--judge2", str(judge2), "--best_of", "1,2", "--steps", "3",
+            "--axes", "guidance", "--budget", "6", "--batch_size", "2"]
     assert tune.main(args) == 0
     doc = json.loads((run / "test_flags.json").read_text())
-    assert doc["flags"]["steps"] == 3  # the start itself differs from test.py's DEFAULTS
+    assert doc["flags"]["steps"] == 3 and "candidates" not in doc["flags"]  # the start differs from DEFAULTS
+    rep = doc["report"]
+    # the judge FD of the report half against the 4 training photos: a positive distance, named as FID's stand-in
+    assert rep["defaults"]["judge_fd"] > 0 and rep["winner"]["judge_fd"] > 0 and "stand-in for FID" in rep["judge_fd_note"]
+    one, two = rep["best_of"]
+    assert (one["candidates"], two["candidates"], one["unet_calls"], two["unet_calls"]) == (1, 2, 6, 12)
+    assert rep["judges"] == [str(judge), str(judge2)] and len(one["judges"]) == len(two["judges"]) == 2
+    # N = 1 is the winner's own output: the first judge's total is the report's winner mean
+    assert one["judges"][0]["total"]["mean"] == pytest.approx(rep["winner"]["mean"], abs=1e-9)
+    # the second judge reads the same picks otherwise; it never scores above what the picking judge maximised
+    assert abs(one["judges"][0]["mask_accuracy"]["mean"] - one["judges"][1]["mask_accuracy"]["mean"]) > 1e-3
+    assert two["judges"][0]["total"]["mean"] >= one["judges"][0]["total"]["mean"] - 1e-9
+    assert one["style"]["stderr"] > 0 and one["judge_fd"] > 0
     assert [r["label"] for r in doc["table"]] == ["start", "guidance=3.5", "guidance=1.5"]  # the budget: 3 x 2 images
     assert doc["split"]["tune"] == tune.split_halves(doc["split"]["tune"] + doc["split"]["report"], 0)[0]
     for r in doc["table"]:
@@ -105,7 +128,7 @@ def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys):
     assert doc["report"]["n_images"] == 3 and doc["fewest_calls"]["unet_calls"] == 6
     assert (run / "tune.png").stat().st_size > 1000
     out = capsys.readouterr().out
-    assert "report half (3 images)" in out and "guidance=3.5" in out
+    assert "report half (3 images)" in out and "guidance=3.5" in out and "best of N on the report half" in out
     entry.main(["--input_path", str(demo / "test"), "--img_path", str(demo / "train"), "--run", str(run),
                 "--output_path", str(tmp_path / "results"), "--zip", "0", "--guidance", "2.5"])
     out = capsys.readouterr().out
@@ -113,3 +136,11 @@ def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys):
     assert "written 5" in out and "6 UNet calls per image" in out
     with pytest.raises(SystemExit, match="axes are guidance"):
         tune.main(args[:-4] + ["--axes", "colour"])
+
+
+def test_candidates_enter_the_flags_only_when_set(tmp_path):
+    start = {k: entry.DEFAULTS[k] for k in tune.SEARCHED}
+    rows = [dict(label="start", settings=start, mean=0.5, stderr=0.01, unet_calls=40, seconds_per_image=1.0, scores=[0.5])]
+    assert "candidates" not in tune.write_results(tmp_path, start, rows, {}, {}, {})
+    assert tune.write_results(tmp_path, start, rows, {}, {}, {}, candidates=4) == {"candidates": 4}
+    assert json.loads((tmp_path / "test_flags.json").read_text())["flags"] == {"candidates": 4}

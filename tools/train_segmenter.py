@@ -7,6 +7,11 @@ those of another training image (Reinhard transfer, random strength), so the jud
 from structure rather than colour and does not punish an output for taking its reference's
 colours. Held-out pairs (`holdout`, never trained on) give the judge's own pixel accuracy, plain
 and recoloured toward other held-out images: the ceiling of the mask term it reports.
+
+`part` trains on all training pairs ("all") or on one of two disjoint halves of them ("a", "b"):
+two judges on different halves with different seeds (`--part a` and `--seed 1 --part b`) let
+tools/tune.py report best-of-N by a judge that did not pick the images. The held-out split and
+the halves come from `split_seed`, not `seed`, so they stay fixed while `seed` changes the init.
 """
 import sys
 import time
@@ -23,7 +28,24 @@ DEFAULTS = dict(
     ch=32, ch_mult=(1, 2, 4, 8), norm_groups=8,
     batch_size=8, lr=1e-3, max_steps=2000, p_recolour=0.8,
     log_every=25, eval_every=500, seed=0, workers=2,
+    part="all",                   # "all" training pairs, or half "a" or "b" of them (disjoint)
+    split_seed=0,                 # the held-out split and the halves; independent of seed (the init)
 )
+PARTS = ("all", "a", "b")
+
+
+def part_stems(stems, part, split_seed=0):
+    """The training stems of `part`: all of them, or half "a" (the first len // 2 of the sorted stems
+    permuted by `split_seed`) or half "b" (the rest); sorted."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
+    stems = sorted(stems)
+    if part == "all":
+        return stems
+    if len(stems) < 2:
+        raise ValueError(f"part {part}: need at least 2 training pairs to halve, got {len(stems)}")
+    order = [stems[i] for i in np.random.default_rng(split_seed).permutation(len(stems))]
+    return sorted(order[:len(stems) // 2] if part == "a" else order[len(stems) // 2:])
 
 
 def recolour(images_uint8, rng, p):
@@ -59,7 +81,11 @@ def main(argv=None):
     from jmodels.optim import AdamW
     from jmodels.segmenter import Segmenter, SegmenterConfig
 
-    train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
+    train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["split_seed"])
+    try:
+        train_stems = part_stems(train_stems, cfg["part"], cfg["split_seed"])
+    except ValueError as e:
+        sys.exit(f"error: --part: {e}")
     loader = dataset.BatchLoader(dataset.PairDataset(cfg["data"], cfg["size"], stems=train_stems),
                                  cfg["batch_size"], cfg["seed"], workers=cfg["workers"])
     plain = dataset.PairDataset(cfg["data"], cfg["size"], augment=False, stems=val_stems)
@@ -85,11 +111,12 @@ def main(argv=None):
             acc = held_out_accuracy(model, val)
     minutes = (time.time() - t0) / 60
     meta = {"kind": "judge", "step": cfg["max_steps"], "config": config.to_dict(), "size": list(cfg["size"]),
-            "data": str(cfg["data"]), "held_out": val_stems, "held_out_accuracy": acc[0],
+            "data": str(cfg["data"]), "held_out": val_stems,
+            "part": cfg["part"], "split_seed": cfg["split_seed"], "seed": cfg["seed"], "trained_on": train_stems, "held_out_accuracy": acc[0],
             "held_out_accuracy_recoloured": acc[1], "train_minutes": minutes}
     path = checkpoint.save(Path(cfg["out"]) / "ckpt.npz", meta, model=state_arrays(model))
     print(f"judge: held-out pixel accuracy {acc[0]:.4f} (recoloured {acc[1]:.4f}) on {len(val_stems)} images, "
-          f"{minutes:.1f} min -> {path}")
+          f"{minutes:.1f} min, part {cfg['part']} ({len(train_stems)} pairs), seed {cfg['seed']} -> {path}")
 
 
 if __name__ == "__main__":

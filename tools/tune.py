@@ -1,6 +1,7 @@
 """Tune test.py's settings on held-out pairs; the winner goes to <run>/test_flags.json (issue 19 item 1).
 
     python tools/tune.py --run RUN --input_path TEST --img_path TRAIN [--judge runs/judge/ckpt.npz]
+                         [--judge2 runs/judge2/ckpt.npz] [--best_of 1,2,4] [--set_candidates N]
                          [--budget 240] [--seed 0] [--axes guidance,steps,...] [--steps 20 ...]
 
 The test folder's pairs are split in two (sorted stems, a permutation seeded by --seed): the search
@@ -14,6 +15,15 @@ better beyond the noise: the mean of the per-image differences exceeds 2 standar
 mean (`beats`); else the defaults stay. --budget (images x settings) stops the search. Writes
 <run>/test_flags.json ("flags": what test.py reads; "table", "report", "fewest_calls") and
 <run>/tune.png (score against UNet calls per image).
+
+The report half also gets the set-level term: the judge's Fréchet distance (tools/evaluate.py: the
+judge's pooled features of the outputs against the training photos less the test stems), the
+stand-in for FID, of the defaults and the winner; and best of N (issue 19 item 2): the winner with
+candidates N for each N of --best_of, picked by --judge alone, scored by it and, with --judge2 (a
+judge trained with another seed on the other half of the training pairs), by a judge that did not
+pick, so a gain that only fools the picking judge shows. "flags" never sets candidates unless
+--set_candidates N says so: N candidates cost N times the UNet calls and time of the test stage,
+a trade the table shows and the run's owner decides.
 """
 import json
 import sys
@@ -30,7 +40,11 @@ DEFAULTS = dict(
     run="",                       # run folder with vae/ and ldm/ checkpoints (test.py's --run)
     input_path="",                # held-out test folder: label PNGs + label_to_img.json
     img_path="",                  # training folder: references under imgs/, their labels under labels/
-    judge="runs/judge/ckpt.npz",  # the stand-in segmenter that scores mask accuracy
+    judge="runs/judge/ckpt.npz",  # the stand-in segmenter that scores mask accuracy (and picks best of N)
+    judge2="",                    # a second judge (other seed, other half) that scores best of N too; empty: none
+    best_of="1,2,4",              # candidates N measured on the report half with the winner's settings
+    set_candidates=0,             # > 0: write candidates=N into "flags" (0: leave test.py's default)
+    real_max=2000,                # at most this many training photos for the judge's Fréchet distance
     budget=240,                   # images x settings; the search stops before passing it
     seed=0,                       # the split's permutation and the generation noise (test.py's --seed)
     axes="",                      # comma-separated names of AXES to search, in AXES order; empty: all
@@ -128,7 +142,8 @@ def scorer(pipe, judge, inputs, seed, batch_size):
     from jmodels import pipeline
     stems, labels, refs, ref_labels = inputs
 
-    def evaluate(settings):
+    def evaluate(settings, keep=None):
+        """keep: a list that receives the images (for the set-level judge FD)."""
         gen = {"without": entry.DEFAULTS["without"], **settings, "seed": seed}
         scores, calls, t0 = [], 0, time.time()
         for i in range(0, len(stems), batch_size):
@@ -136,6 +151,8 @@ def scorer(pipe, judge, inputs, seed, batch_size):
             images, calls = pipeline.generate(pipe, gen, stems[sl], labels[sl], refs[sl], ref_labels[sl])
             scores += [pipeline.candidate_score(a, s)
                        for a, s in pipeline.judge_scores(judge, images, labels[sl], refs[sl])]
+            if keep is not None:
+                keep += images
         return scores, calls, (time.time() - t0) / len(stems)
     return evaluate
 
@@ -144,21 +161,70 @@ def jsonable(settings):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
-def report(evaluate, start, winner):
-    """Defaults against the winner on the report half: means, stderrs and the paired difference."""
-    s0, c0, t0 = evaluate(start)
-    s1, c1, t1 = (s0, c0, t0) if winner == start else evaluate(winner)
+def report(evaluate, start, winner, judge_fd):
+    """Defaults against the winner on the report half: means, stderrs, the paired difference and
+    judge_fd(images) of each (None when there are too few real photos)."""
+    i0, i1 = [], []
+    s0, c0, t0 = evaluate(start, i0)
+    s1, c1, t1 = (s0, c0, t0) if winner == start else evaluate(winner, i1)
+    i1 = i1 or i0
     diff = mean_se(np.subtract(s1, s0))
-    return {name: dict(mean=mean_se(s)[0], stderr=mean_se(s)[1], unet_calls=c, seconds_per_image=t)
-            for name, s, c, t in (("defaults", s0, c0, t0), ("winner", s1, c1, t1))} | dict(
+    return {name: dict(mean=mean_se(s)[0], stderr=mean_se(s)[1], unet_calls=c, seconds_per_image=t, judge_fd=judge_fd(im))
+            for name, s, c, t, im in (("defaults", s0, c0, t0, i0), ("winner", s1, c1, t1, i1))} | dict(
         n_images=len(s0), difference=dict(mean=diff[0], stderr=diff[1]))
 
 
-def write_results(run_dir, winner, rows, rep, few, split):
-    """<run>/test_flags.json (atomic) and <run>/tune.png."""
+def judge_fd_to(judge, img_path, exclude, limit):
+    """(fd(images), note): the judge's Fréchet distance of images to the training photos less the
+    `exclude` stems (tools/evaluate.py's pieces); fd gives None when fewer than MIN_REAL are left."""
+    import dataset
+    from tools import evaluate
+    from tools.fid import frechet_distance
+    reals = evaluate.real_image_paths(img_path, exclude, limit)
+    if len(reals) < evaluate.MIN_REAL:
+        return (lambda images: None), evaluate.too_few_real(img_path, len(reals), len(exclude))
+    real = evaluate.judge_statistics(judge, np.stack([evaluate.resized(dataset.read_image(p), judge[1]) for p in reals]))
+    note = (f"judge Fréchet distance: the stand-in for FID (the judge's pooled features against {len(reals)} "
+            "training photos; not comparable with FID)")
+    return (lambda images: float(frechet_distance(*evaluate.judge_statistics(judge, np.stack(images)), *real))), note
+
+
+def stat(values):
+    mean, se = mean_se(values)
+    return dict(mean=mean, stderr=se)
+
+
+def best_of_rows(pipe, judges, inputs, winner, ns, seed, batch_size, judge_fd):
+    """One row per N: the winner with candidates N, picked by judges[0] (pipeline.best_of), each
+    image scored by every judge (mask accuracy, local total) and by style; judge_fd of the picks."""
+    from jmodels import pipeline
+    stems, labels, refs, ref_labels = inputs
+    rows = []
+    for n in ns:
+        gen = {"without": entry.DEFAULTS["without"], **winner, "candidates": n, "seed": seed}
+        acc, style, picks, t0 = [[] for _ in judges], [], [], time.time()
+        for i in range(0, len(stems), batch_size):
+            sl = slice(i, i + batch_size)
+            images, calls, _ = pipeline.best_of(pipe, gen, judges[0], stems[sl], labels[sl], refs[sl], ref_labels[sl])
+            scored = [pipeline.judge_scores(judge, images, labels[sl], refs[sl]) for judge in judges]
+            for j, per_judge in enumerate(scored):
+                acc[j] += [a for a, _ in per_judge]
+            style += [s for _, s in scored[0]]  # style does not depend on the judge
+            picks += images
+        secs = (time.time() - t0) / len(stems)
+        rows.append(dict(candidates=n, unet_calls=calls, seconds_per_image=secs, style=stat(style),
+                         judge_fd=judge_fd(picks), judges=[dict(
+                             mask_accuracy=stat(a), total=stat([pipeline.candidate_score(x, s) for x, s in zip(a, style)]))
+                             for a in acc]))
+    return rows
+
+
+def write_results(run_dir, winner, rows, rep, few, split, candidates=0):
+    """<run>/test_flags.json (atomic) and <run>/tune.png; candidates > 0 goes into the flags."""
     from jmodels.atomic import atomic_file
     from jmodels.curves import plot_points
-    flags = {k: v for k, v in winner.items() if v != entry.DEFAULTS[k]}
+    flags = {k: v for k, v in {**winner, **({"candidates": candidates} if candidates else {})}.items()
+             if v != entry.DEFAULTS[k]}
     table = [{**{k: v for k, v in r.items() if k != "scores"}, "settings": jsonable(r["settings"])} for r in rows]
     doc = dict(flags=jsonable(flags), table=table, report=rep, fewest_calls=few, split=split,
                rule=f"switch when the paired mean difference on half A > {NOISE_SE} stderr")
@@ -178,7 +244,23 @@ def print_results(rows, rep, few, flags):
         f"{k} {rep[k]['mean']:.4f} ± {rep[k]['stderr']:.4f} ({rep[k]['unet_calls']} calls)" for k in ("defaults", "winner"))
         + f"; winner - defaults {rep['difference']['mean']:+.4f} ± {rep['difference']['stderr']:.4f}")
     print(f"fewest calls within one stderr of the best: {few['unet_calls']} ({few['label']})")
+    print(f"{rep['judge_fd_note']}: " + ", ".join(
+        f"{k} {'-' if rep[k]['judge_fd'] is None else format(rep[k]['judge_fd'], '.4f')}" for k in ("defaults", "winner")))
+    print_best_of(rep["best_of"], rep["judges"])
     print("flags: " + (", ".join(f"{k}={entry.fmt(v)}" for k, v in flags.items()) or "none (the defaults stay)"))
+
+
+def print_best_of(rows, judges):
+    """The best-of-N table: mean ± stderr over the report half; the first judge picked."""
+    pm = lambda d: f"{d['mean']:.4f}±{d['stderr']:.4f}"  # noqa: E731
+    heads = [f"{h} ({name})" for name in judges for h in ("mask acc", "total")]
+    print(f"best of N on the report half, picked by {judges[0]}:")
+    print(f"{'N':>3s} {'style':>15s} " + " ".join(f"{h:>24s}" for h in heads) + f" {'judge FD':>9s} {'calls':>6s} {'s/img':>6s}")
+    for r in rows:
+        fd = "-" if r["judge_fd"] is None else f"{r['judge_fd']:.4f}"
+        print(f"{r['candidates']:3d} {pm(r['style']):>15s} "
+              + " ".join(f"{pm(j[k]):>24s}" for j in r["judges"] for k in ("mask_accuracy", "total"))
+              + f" {fd:>9s} {r['unet_calls']:6d} {r['seconds_per_image']:6.2f}")
 
 
 def main(argv=None):
@@ -189,8 +271,15 @@ def main(argv=None):
     if set(names) - set(AXES):
         sys.exit(f"error: --axes {cfg['axes']}: axes are {','.join(AXES)}")
     axes = {k: v for k, v in AXES.items() if not names or k in names}
-    if not Path(cfg["judge"]).is_file():
-        sys.exit(f"error: --judge {cfg['judge']} does not exist: train one with tools/train_segmenter.py")
+    for flag in ("judge", "judge2"):
+        if cfg[flag] and not Path(cfg[flag]).is_file():
+            sys.exit(f"error: --{flag} {cfg[flag]} does not exist: train one with tools/train_segmenter.py")
+    try:
+        ns = [int(n) for n in cfg["best_of"].split(",") if n]
+    except ValueError:
+        ns = [0]
+    if not ns or min(ns) < 1:
+        sys.exit(f"error: --best_of {cfg['best_of']}: comma-separated candidate counts >= 1, e.g. 1,2,4")
     try:
         items = {it.stem: it for it in dataset.list_test_items(cfg["input_path"], cfg["img_path"])}
         halves = split_halves(items, cfg["seed"])
@@ -203,6 +292,8 @@ def main(argv=None):
     from jmodels import pipeline
     from jmodels.segmenter import load_judge
     pipe, judge = pipeline.load(run_dir), load_judge(cfg["judge"])
+    judges = [judge] + ([load_judge(cfg["judge2"])] if cfg["judge2"] else [])
+    judge_fd, fd_note = judge_fd_to(judge, cfg["img_path"], set(items), cfg["real_max"])
     start = {k: cfg[k] for k in SEARCHED}
     start["refine"] = tuple(float(r) for r in start["refine"])  # a tuple flag parses as strings
     print(f"{pipe.describe()}\ntuning on {len(halves[0])} pairs, reporting on {len(halves[1])}; budget {cfg['budget']}")
@@ -211,8 +302,11 @@ def main(argv=None):
         winner, rows, used = search(tune_on, start, axes, cfg["budget"], len(halves[0]))
     except ValueError as e:
         sys.exit(f"error: {e}")
-    rep, few = report(report_on, start, winner), fewest_calls(rows)
-    flags = write_results(run_dir, winner, rows, rep, few, dict(seed=cfg["seed"], tune=halves[0], report=halves[1]))
+    rep, few = report(report_on, start, winner, judge_fd), fewest_calls(rows)
+    rep |= dict(judge_fd_note=fd_note, judges=[cfg["judge"]] + ([cfg["judge2"]] if cfg["judge2"] else []),
+                best_of=best_of_rows(pipe, judges, inputs[1], winner, ns, cfg["seed"], cfg["batch_size"], judge_fd))
+    flags = write_results(run_dir, winner, rows, rep, few, dict(seed=cfg["seed"], tune=halves[0], report=halves[1]),
+                          cfg["set_candidates"])
     print_results(rows, rep, few, flags)
     print(f"{used} of {cfg['budget']} images x settings used; wrote {run_dir / 'test_flags.json'} and {run_dir / 'tune.png'}")
     return 0
