@@ -24,7 +24,8 @@ TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance
 TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
 FORCE=${FORCE:-}              # stages to redo: data check vae ldm tune test report
-JUDGE=${JUDGE:-runs/judge}    # the report's stand-in judge (<folder>/ckpt.npz), trained on DATA when absent
+JUDGE=${JUDGE:-runs/judge}    # the stand-in judge (<folder>/ckpt.npz) that tunes, picks and reports: half a of DATA
+JUDGE2=${JUDGE2:-runs/judge2} # a second judge (seed 1, half b) that scores best of N without having picked
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
 NP=${NP:-${GPUS:-1}}          # training processes on any device (CPU: NP=2); > 1 launches through mpirun
 # -------------------------------------------------------------------------------------------
@@ -97,14 +98,18 @@ fi
 
 if [ -n "$REPORT" ]; then  # held-out pairs: tune test.py's settings on one half, report on the other
     if [ ! -f "$JUDGE/ckpt.npz" ]; then
-        banner "judge: the stand-in segmenter that scores layouts -> $JUDGE/ckpt.npz"
-        timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE"
+        banner "judge: the stand-in segmenter that scores layouts (half a of DATA) -> $JUDGE/ckpt.npz"
+        timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE" --part a
+    fi
+    if [ ! -f "$JUDGE2/ckpt.npz" ]; then
+        banner "judge2: a second judge (seed 1, the other half b) for best of N -> $JUDGE2/ckpt.npz"
+        timed judge2 $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE2" --seed 1 --part b
     fi
     if forced tune || older "$RUN/test_flags.json"; then
         banner "tune: test.py's settings on half the held-out pairs -> $RUN/test_flags.json"
         redo tune "$RUN/test_flags.json"
         timed tune $PY tools/tune.py --run "$RUN" --input_path "$TEST" --img_path "$DATA" \
-            --judge "$JUDGE/ckpt.npz" $TUNE_FLAGS
+            --judge "$JUDGE/ckpt.npz" --judge2 "$JUDGE2/ckpt.npz" $TUNE_FLAGS
     fi
 fi
 
