@@ -27,6 +27,10 @@ LDM = ["--size", "64,48", "--ch", "16", "--ch_mult", "1,2", "--num_res_blocks", 
        "--sample_every", "100", "--ckpt_every", "2", "--sample_steps", "2", "--log_every", "1",
        "--holdout", "0.2", "--workers", "1", "--cache_latents", "1"]
 TOL = 2e-5  # fp32: the ranks' gradients are summed in another order than one process's
+# The thread-count probe of rounding is a proxy: on one CPU (2026-12, the commit before this line as well)
+# 1 vs 2 threads ended 9.3e-6 apart but 1 vs 2 processes 3.4e-5, on another 1.1e-4 and 7.6e-6. Faults are
+# 10x above this floor.
+VAE_FLOOR = 1e-4
 
 
 def launch(np_, script, *args, threads=1):
@@ -74,12 +78,13 @@ def test_two_processes_train_the_vae_as_one(vae_runs):
 
     With the adaptive weight at its clamp (x5000 on the GAN term) and Adam's first steps, these 3 steps
     amplify fp32 rounding: one process on 2 threads instead of 1 already ends ~1e-4 away. Two processes
-    (another summation order) must stay within twice what rounding alone does; a wrong average or
-    unsynchronised statistics move the weights by the learning rate (1e-3)."""
+    (another summation order) must stay within twice what rounding alone does, and never need to be
+    closer than VAE_FLOOR; a wrong average or unsynchronised statistics move the weights by the
+    learning rate (1e-3; measured 6.4e-3 and 2.7e-2)."""
     _, _, rounding = assert_same_checkpoint(vae_runs / "np1/ckpt.npz", vae_runs / "np1_2threads/ckpt.npz",
                                             tol=5e-4)
     meta1, meta2, worst = assert_same_checkpoint(vae_runs / "np1/ckpt.npz", vae_runs / "np2/ckpt.npz",
-                                                 tol=max(TOL, 2 * rounding))
+                                                 tol=max(VAE_FLOOR, 2 * rounding))
     print(f"VAE, 3 steps: max abs weight difference 1 vs 2 processes {worst:.3g}, "
           f"1 process on 1 vs 2 threads {rounding:.3g}")
     assert meta1["latent_scale"] == pytest.approx(meta2["latent_scale"], rel=1e-4)
@@ -88,7 +93,7 @@ def test_two_processes_train_the_vae_as_one(vae_runs):
     assert len(log) == len((vae_runs / "np1/log.jsonl").read_text().splitlines())  # rank 0 alone writes
     from PIL import Image
     with Image.open(vae_runs / "np2/curves.png") as im:  # drawn from the log at the last checkpoint
-        assert im.format == "PNG" and im.size[0] > 300 and "nll" in im.info.get("panels", "")
+        assert im.format == "PNG" and im.size[0] > 300 and "val_psnr" in im.info.get("panels", "")
 
 
 @needs_mpi
