@@ -27,7 +27,7 @@ from jmodels.imageio import colorize, palette  # noqa: E402
 from tools import studio  # noqa: E402
 from tools.make_demo_data import make_demo  # noqa: E402
 
-TIMEOUT = 120  # seconds any one job may take on the tiny run (the first compiles Jittor's ops)
+TIMEOUT = 600  # seconds any one job may take on the tiny run (the first may compile Jittor's ops: minutes)
 W, H = 512, 384
 
 
