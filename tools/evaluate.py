@@ -82,14 +82,15 @@ def judge_statistics(judge, images_uint8):
 def score(results, items, judge=None, real_stats=None):
     """Score the outputs `<results>/<stem>.jpg` of the test `items`.
 
-    judge: (model, size, meta) of tools/train_segmenter.load_judge, or None (no mask term).
+    judge: (model, size, meta) of jmodels.segmenter.load_judge, or None (no mask term, no Jittor needed).
     real_stats: judge_statistics of real images, for the judge's Fréchet distance (with a judge).
     Returns {"n", "style", "mask_accuracy", "judge_fd", "ms_style", "ms_mask", "rows"}; absent terms are None.
     """
     import dataset
     from tools.fid import frechet_distance
     from jmodels.style_metric import style_score
-    from jmodels.segmenter import predict
+    if judge is not None:
+        from jmodels.segmenter import predict  # imports Jittor
     model, size, _ = judge if judge is not None else (None, None, None)
     rows, outputs, t_style, t_mask = [], [], 0.0, 0.0
     for it in items:
