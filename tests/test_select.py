@@ -1,4 +1,4 @@
-"""tools/select.py: the expert-vote picks by score and scene variety, the contact sheet and list, bad input."""
+"""tools/select_picks.py: the expert-vote picks by score and scene variety, the contact sheet and list, bad input."""
 import json
 import os
 import shutil
@@ -12,7 +12,7 @@ from PIL import Image
 import dataset
 from conftest import ROOT, save_label
 from tools.make_demo_data import make_demo
-from tools.select import CAPTION, CELL, main, pick, select
+from tools.select_picks import CAPTION, CELL, main, pick, select
 
 SKY, SEA, MOUNTAIN, GRASS, BUILDING, ROAD = 1, 3, 0, 12, 11, 23
 SCENES = {  # stem: bands of rows from the top (class, rows of 384): three seascapes, two mountains, a street
@@ -143,17 +143,17 @@ def test_too_many_picks_is_refused(one_reference):
 
 
 def test_script_with_a_judge_scores_by_the_per_image_contest_formula(one_reference, demo, tmp_path):
-    """Run as a script (where this file's name could shadow the standard library's select, which Jittor's
-    subprocess calls import): the judge's mask accuracy and style give each pick's score."""
+    """Run as a script, as run.sh runs the tools: the judge's mask accuracy and style give each pick's score."""
     from jmodels.pipeline import candidate_score
     from tools import train_segmenter
     train_segmenter.main(["--data", str(demo / "train"), "--out", str(tmp_path / "judge"), "--size", "64,48",
                           "--batch_size", "2", "--max_steps", "2", "--ch", "8", "--holdout", "0.34", "--workers", "1"])
     test, results, train = one_reference
-    run = subprocess.run([sys.executable, str(ROOT / "tools/select.py"), "--results", str(results), "--input_path",
-                          str(test), "--img_path", str(train), "--judge", str(tmp_path / "judge/ckpt.npz"),
-                          "--out", str(tmp_path / "picks")], capture_output=True, text=True,
-                         cwd=ROOT / "tools", env=dict(os.environ, FORCE_CPU="1"), timeout=600)  # shadowed: it hangs
+    run = subprocess.run([sys.executable, str(ROOT / "tools/select_picks.py"), "--results", str(results),
+                          "--input_path", str(test), "--img_path", str(train),
+                          "--judge", str(tmp_path / "judge/ckpt.npz"), "--out", str(tmp_path / "picks")],
+                         capture_output=True, text=True,
+                         cwd=ROOT / "tools", env=dict(os.environ, FORCE_CPU="1"), timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = (tmp_path / "picks.txt").read_text().splitlines()
     assert "judge (" in lines[0] and len(lines) == 4 and (tmp_path / "picks.png").is_file()

@@ -1,7 +1,7 @@
 """Pick the images for the B board's expert vote: the best by the local score, of different scene types.
 
-    python tools/select.py --results <folder of jpgs> --input_path <test dir> --img_path <train dir> --n 3
-                           [--judge runs/judge/ckpt.npz] [--out <prefix>]
+    python tools/select_picks.py --results <folder of jpgs> --input_path <test dir> --img_path <train dir>
+                                 --n 3 [--judge runs/judge/ckpt.npz] [--out <prefix>]
 
 Each output is scored as tools/evaluate.py scores it: with a judge by the per-image contest formula
 (jmodels.pipeline.candidate_score of judge mask accuracy and style), without one by the style term alone.
@@ -10,6 +10,8 @@ first; each next pick is, among the images scoring at least the top quarter's lo
 the one whose histogram is farthest (L1) from every pick so far, ties to the higher score, then the
 earlier name. Writes <prefix>.png, a contact sheet (one row per pick: label in colour | reference |
 output, file names drawn), and <prefix>.txt, the list; <prefix> defaults to <results>_picks beside it.
+Not named tools/select.py: run as a script, every file in tools/ has tools/ first on sys.path, where a
+select.py stands in for the standard library's (selectors and subprocess use it, Jittor's compiler with them).
 """
 import argparse
 import math
@@ -19,11 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-HERE, ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
-# Run as a script, this folder comes first on sys.path and this file would stand in for the standard
-# library's `select` (which subprocess imports, and Jittor with it): put the repository root there instead.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 CELL = (256, 192)  # (W, H) of each picture on the sheet
 CAPTION = 16  # pixels above each picture for its file name
