@@ -81,7 +81,7 @@ def test_features_and_fid_equal_pytorch_fids_on_the_same_weights():
         ours[k], theirs[k] = features(model, images, batch_size=len(images)), ref[f"features_{k}"].astype(np.float64)
         assert ours[k].shape == (4, 2048) and np.abs(theirs[k]).max() > 1.0  # features of order one
         np.testing.assert_allclose(ours[k], theirs[k], rtol=0, atol=1e-4)
-    assert frechet_distance(*statistics(ours["a"]), *statistics(ours["b"])) == pytest.approx(float(ref["fid"]), abs=1e-3)
+    fid = float(ref["fid"])
+    assert frechet_distance(*statistics(ours["a"]), *statistics(ours["b"])) == pytest.approx(fid, abs=1e-3)
     # their features through our Fréchet distance: the same formula, so the same number (to sqrtm's rounding)
-    assert frechet_distance(*statistics(theirs["a"]), *statistics(theirs["b"])) == pytest.approx(float(ref["fid"]),
-                                                                                                 abs=1e-6)
+    assert frechet_distance(*statistics(theirs["a"]), *statistics(theirs["b"])) == pytest.approx(fid, abs=1e-6)
