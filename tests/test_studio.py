@@ -138,6 +138,10 @@ def test_page_files_and_info(world):
     assert info["judge"]["held_out_accuracy"] == 0.5 and "step 1" in info["run"]
     assert info["defaults"] == {k: entry.DEFAULTS[k] for k in studio.SETTINGS}
     assert info["limits"]["upload_bytes"] == 10 * 2 ** 20 and info["limits"]["upload_pixels"] == 25_000_000
+    warm = wait(world, info["warm_up"])  # started with the studio: a blank canvas, the first reference
+    first = sorted(p.name for p in (world["demo"] / "train/imgs").iterdir())[0]
+    assert (warm["state"], warm["stem"], warm["reference"], warm["calls"]) == ("done", "warm-up", first,
+                                                                               entry.DEFAULTS["steps"])
 
 
 def ids_of(payload):
@@ -388,6 +392,37 @@ def test_a_failing_generation_is_reported_and_the_worker_goes_on(world, monkeypa
     assert "no file" in error(world, "GET", f"/api/job_file?id={job}&name=result.jpg", status=404)
     monkeypatch.undo()
     assert wait(world, api(world, "POST", "/api/generate", request, 202)["job"])["state"] == "done"
+
+
+def test_the_command_line_serves_the_page_and_refuses_a_taken_port(world):
+    """`python tools/studio.py` as a person runs it: the ready line names the address, the page answers there;
+    the same port again stops with a message. A watchdog kills a server that hangs."""
+    import os
+    import re
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    args = [sys.executable, str(root / "tools/studio.py"), "--run", str(world["run"]), "--input_path",
+            world["cfg"]["input_path"], "--img_path", world["cfg"]["img_path"], "--judge", "", "--port", "0"]
+    env = dict(os.environ, FORCE_CPU="1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=root)
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    try:
+        lines = []
+        while not (lines and "studio ready" in lines[-1]) and proc.poll() is None:
+            lines.append(proc.stdout.readline())
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", lines[-1]).group(1))
+        tmp = Path(re.search(r"temporary folder (\S+) ", "".join(lines)).group(1))
+        assert "5 test labels; 6 references" in "".join(lines) and tmp.is_dir()
+        assert api(world, "GET", "/api/info", port=port)["tests"] == 5
+        taken = subprocess.run(args[:-1] + [str(port)], capture_output=True, text=True, env=env, cwd=root, timeout=300)
+        assert taken.returncode == 1 and f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in taken.stderr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        watchdog.cancel()
+    assert proc.returncode == 0 and not tmp.exists()  # stopped by a kill, it removed its folder
 
 
 def test_nothing_outside_the_temporary_folder_was_written(world):

@@ -157,7 +157,7 @@ def browser(tmp_path_factory):
     demo = make_demo(root / "demo", n_train=14, n_test=2, seed=2)
     st = studio.load(dict(studio.DEFAULTS, run=str(tiny_run(root / "run")), input_path=str(demo / "test"),
                           img_path=str(demo / "train"), judge=""))
-    warm_up(st, demo)
+    wait_for_warm_up(st)
     server = studio.serve(st)
     profile = Path(tempfile.mkdtemp(prefix="chromium-"))
     proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={VIEW[0]},{VIEW[1]}",
@@ -184,11 +184,10 @@ def browser(tmp_path_factory):
         st.close()
 
 
-def warm_up(st, demo):
-    """One generation with the page's default settings before the browser starts: on a fresh kernel cache
-    Jittor compiles its ops on the first run (minutes on 2 cores), which the page's wait should not count."""
-    item = next(iter(st.tests.values()))
-    job = st.submit({"label": {"test": item.label.name}, "reference": item.reference.name})["job"]
+def wait_for_warm_up(st):
+    """The studio's warm-up generation done before the browser starts: on a fresh kernel cache Jittor compiles
+    its ops on the first run (minutes on 2 cores), which the page's wait for its picture should not count."""
+    job = st.warm_up["job"]
     t0 = time.time()
     while st.status(job)["state"] not in ("done", "error") and time.time() - t0 < 900:
         time.sleep(0.2)

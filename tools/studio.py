@@ -23,6 +23,7 @@ import json  # noqa: E402
 import queue  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -47,6 +48,7 @@ DEFAULTS = dict(
     img_path=entry.DEFAULTS["img_path"],      # training folder: the reference thumbnails (imgs/)
     judge=entry.DEFAULTS["judge"],  # stand-in segmenter for the mask accuracy; absent: not shown
     host="127.0.0.1", port=8000,  # another address only when asked: the page has no log-in
+    warm_up=True,                 # one generation at start, so that the first Generate is not the slow one
 )
 W, H = OUT_SIZE
 STATIC = Path(ROOT) / "tools" / "studio"
@@ -176,7 +178,7 @@ class Studio:
         self.tmp = Path(tempfile.mkdtemp(prefix="studio-", dir=workdir))
         self.lock, self.ids = threading.Lock(), itertools.count(1)
         self.jobs, self.uploads, self.thumbs = OrderedDict(), OrderedDict(), OrderedDict()
-        self.queue, self.worker = queue.Queue(), None
+        self.queue, self.worker, self.warm_up = queue.Queue(), None, None
         ref_dir = self.img_path / "imgs" if (self.img_path / "imgs").is_dir() else self.img_path
         self.refs = {p.name: p for p in sorted(ref_dir.iterdir()) if p.is_file()
                      and p.suffix.lower() in dataset.IMAGE_EXTS} if ref_dir.is_dir() else {}
@@ -187,9 +189,14 @@ class Studio:
         except dataset.DataError as e:  # the page still paints; it says why the list is empty
             self.tests, self.tests_note = {}, str(e)
 
-    def start(self):
+    def start(self, warm_up=False):
+        """Start the worker; `warm_up`: first one generation of a blank canvas, queued like any other. The
+        first generation of a process takes Jittor 20-40 s to load its kernels: spent before a person asks."""
         self.worker = threading.Thread(target=self._work, name="studio-generate", daemon=True)
         self.worker.start()
+        if warm_up and self.refs:
+            blank = base64.b64encode(bytes([1]) * (W * H)).decode()  # all sky
+            self.warm_up = self.submit({"label": {"ids": blank, "stem": "warm-up"}, "reference": next(iter(self.refs))})
         return self
 
     def close(self):
@@ -207,7 +214,8 @@ class Studio:
                 "defaults": {k: self.settings[k] for k in SETTINGS}, "settings": {
                     k: {"low": lo, "high": hi, "type": t.__name__} for k, (t, lo, hi) in SETTINGS.items()},
                 "tests": len(self.tests), "tests_note": self.tests_note, "references": len(self.refs),
-                "references_note": self.refs_note, "painted_stem": PAINTED}
+                "references_note": self.refs_note, "painted_stem": PAINTED,
+                "warm_up": self.warm_up and self.warm_up["job"]}
 
     # ---- labels ------------------------------------------------------------------------------------
     def test_label(self, name):
@@ -564,13 +572,17 @@ def load(cfg):
         from jmodels.segmenter import load_judge
         model, size, meta = load_judge(cfg["judge"])
         judge = (model, size, dict(meta, path=cfg["judge"]))
-    return Studio(pipe, settings, cfg["input_path"], cfg["img_path"], judge).start()
+    return Studio(pipe, settings, cfg["input_path"], cfg["img_path"], judge).start(cfg["warm_up"])
 
 
 def main(argv=None):
     t0 = time.time()
     from jmodels import cli
     cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
+    # OpenMP threads that sleep between kernels, not spin: the studio shares the CPU with the browser and
+    # whatever else runs. Measured on 2 shared cores under load 9: a tiny run's generation 0.7-2.5 s
+    # passive, 1.4-13.5 s spinning (the default). Same arithmetic, same bytes. Read when Jittor loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     studio = load(cfg)
     print(studio.pipe.describe())
     print(f"judge: {cfg['judge'] if studio.judge else 'none (mask accuracy not shown)'}; "
@@ -583,8 +595,10 @@ def main(argv=None):
     except OSError as e:  # the port is taken, the address is not this machine's
         studio.close()
         sys.exit(f"error: cannot listen on {cfg['host']}:{cfg['port']}: {e.strerror or e}; pick another --port")
+    print(f"temporary folder {studio.tmp} (removed at the end)")
     print(f"studio ready in {time.time() - t0:.1f} s: http://{cfg['host']}:{server.server_port}/  (Ctrl-C stops)",
           flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a kill ends as Ctrl-C does: the folder goes too
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

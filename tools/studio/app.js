@@ -426,6 +426,19 @@ async function start() {
   $("test-labels").title = tests.note || `${tests.items.length} test labels`;
   await showReferences(0);
   document.body.dataset.ready = "1";  // the browser test waits for this
+  if (info.warm_up) watchWarmUp(info.warm_up);
+}
+
+async function watchWarmUp(id) {
+  // The server's first generation (a blank canvas) loads Jittor's kernels; say why a Generate now waits.
+  const ph = $("placeholder"), text = ph.textContent;
+  for (;;) {
+    const st = await api(`/api/job?id=${id}`).catch(() => ({ state: "error" }));
+    if (st.state === "done" || st.state === "error") break;
+    if ($("progress").hidden) ph.textContent = "Warming up: the first generation after start loads the model's kernels…";
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  if ($("progress").hidden) ph.textContent = text;
 }
 
 start();
