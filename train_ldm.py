@@ -30,7 +30,8 @@ DEFAULTS = dict(
     batch_size=8, accum=1, lr=2e-4, weight_decay=0.0, grad_clip=1.0,
     warmup_steps=0, lr_floor=1.0,  # linear warm-up, then cosine decay to lr_floor * lr (1.0: constant)
     max_steps=1500, ema_decay=0.999,
-    precision="tf32",           # GPU only: fp32 | tf32 | fp16 (Jittor AMP + dynamic loss scale)
+    precision="tf32",           # GPU only: fp32 | tf32 | bf16 | fp16 (16-bit convs and matmuls, fp32 weights
+                                # and accumulation; fp16 adds a dynamic loss scale): docs/GPU.md
     log_every=10, sample_every=250, ckpt_every=250,
     sample_steps=20, guidance=2.0,  # for the grids: DPM-Solver++(2M), guidance on mask and style
     cache_latents=False,        # encode the training set once (both flips) into <out>/latents.npz;
@@ -153,6 +154,7 @@ def train_step(run, micro_batches):
     import jittor as jt
     from jmodels import parallel
     from jmodels.lr_schedule import lr_at
+    from jmodels.runtime import autocast
     cfg, accum = run.cfg, len(micro_batches)
     parallel.seed_step(cfg["seed"] + run.step)  # noise depends on the step only: exact resume, any N
     lr = lr_at(run.step, cfg["lr"], cfg["warmup_steps"], cfg["max_steps"], cfg["lr_floor"])  # from the step alone
@@ -164,7 +166,7 @@ def train_step(run, micro_batches):
         z = jt.array(z)
         eps = parallel.randn(z.shape)
         x_t = run.diffusion.q_sample(z, t, eps)
-        out = run.model(x_t, jt.array(t), jt.array(mask), jt.array(style))
+        out = autocast(run.model, cfg["precision"])(x_t, jt.array(t), jt.array(mask), jt.array(style))
         mse = (out - run.diffusion.target(z, eps, t)).sqr().mean(dims=[1, 2, 3])
         loss = (mse * jt.array(run.diffusion.loss_weight(t))).mean()
         run.opt.backward(loss / accum)

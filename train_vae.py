@@ -30,7 +30,8 @@ DEFAULTS = dict(
     kl_weight=1e-6,             # on the per-image sums, as latent-diffusion
     disc_start=250, disc_weight=0.5, disc_ndf=32, disc_layers=3,
     ema_decay=0.999,
-    precision="tf32",           # GPU only: fp32 | tf32 | fp16 (Jittor AMP + dynamic loss scale)
+    precision="tf32",           # GPU only: fp32 | tf32 | bf16 | fp16 (16-bit convs and matmuls, fp32 weights
+                                # and accumulation; fp16 adds a dynamic loss scale): docs/GPU.md
     log_every=10, sample_every=100, ckpt_every=100,
     scale_images=64,            # training images encoded to measure the latent scale
     seed=0, workers=2,
@@ -70,6 +71,7 @@ def train_step(run, micro_batches):
     from jmodels import parallel
     from jmodels.discriminator import adaptive_weight, hinge_d_loss
     from jmodels.lr_schedule import lr_at
+    from jmodels.runtime import autocast
     from jmodels.vae import kl_divergence
     cfg, accum, f = run.cfg, len(micro_batches), run.config.factor
     parallel.seed_step(cfg["seed"] + run.step)  # noise depends on the step only: exact resume, any N
@@ -81,7 +83,7 @@ def train_step(run, micro_batches):
     for batch in micro_batches:
         x = jt.array(batch["image"])  # (B, 3, H, W) in [-1, 1], this rank's slice
         noise = parallel.randn((x.shape[0], run.config.latent_channels, x.shape[2] // f, x.shape[3] // f))
-        recon, mean, logvar = run.model(x, noise)
+        recon, mean, logvar = autocast(run.model, cfg["precision"])(x, noise)
         nll = (x - recon).abs().sum() / x.shape[0]  # per-image L1 sum
         kl = kl_divergence(mean, logvar)
         loss = nll + cfg["kl_weight"] * kl

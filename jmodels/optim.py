@@ -60,7 +60,7 @@ def _adamw_cpu(p, g, m, v, h):
 
 # In place because the update is memory-bound: 28 bytes per parameter (read p, g, m, v; write p, m, v) on
 # two threads, where Jittor's fused ops make new p, m, v on one thread. The full UNet's training step at
-# 64x48: batch 1 -8%, batch 4 -2 to -5%, 80-260 MB less peak memory (tools/bench.py; this 2-core CPU).
+# 64x48: batch 1 -8%, batch 4 -2 to -5%, 80-260 MB less peak memory (tools/bench/bench.py; this 2-core CPU).
 _ADAMW_CPU = """
     float *__restrict__ p = in0_p, *__restrict__ m = in2_p, *__restrict__ v = in3_p;
     const float *__restrict__ g = in1_p, *__restrict__ h = in4_p;

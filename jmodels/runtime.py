@@ -1,12 +1,16 @@
 """Starting Jittor on this machine: CUDA where a working GPU is present, the CPU otherwise.
 
 Jittor reads its configuration from environment variables at import time, so they are set
-here before the first `import jittor` (see ../shared/JITTOR.md for what each one avoids).
-FORCE_CPU=1 forces the CPU even where a GPU works.
+here before the first `import jittor` (see ../shared/JITTOR.md for what each one avoids), with the
+CUDA route tools/setup.sh chose (tools/cuda_route.py, docs/GPU.md). FORCE_CPU=1 forces the CPU even
+where a GPU works. On a GPU, `autocast` runs a model's convolutions and matmuls in bf16 or fp16.
 """
+import contextlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 
 def gpu_present():
@@ -26,13 +30,17 @@ def use_gpu():
 
 def configure_env(gpu):
     """Environment for Jittor's import. Without a GPU, an nvcc on the PATH must be hidden or the
-    import crashes looking for libcudart; with one, the helper libraries Jittor would download
+    import crashes looking for libcudart; with one, set-up's CUDA route is applied (nvcc_path,
+    conv_opt, NCCL; what the user set wins), and the helper libraries Jittor would download
     (cutt, cutlass, NCCL) are off unless the user asked for them, except NCCL for MPI ranks on
     GPUs: there it all-reduces the gradients on the devices and gives each rank its own GPU. With
     NCCL turned off (use_nccl=0), each rank is given the GPU of its local rank here instead, and
     Jittor all-reduces through host memory."""
     if not gpu:
         os.environ["nvcc_path"] = ""
+    else:
+        for k, v in cuda_route_env().items():
+            os.environ.setdefault(k, v)
     for flag in ("use_cutt", "use_cutlass"):
         os.environ.setdefault(flag, "0")
     local_rank = os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK")
@@ -45,22 +53,126 @@ def configure_env(gpu):
     os.environ.setdefault("cache_name", "default")
 
 
+def cuda_route_env(path=None):
+    """The environment of the CUDA route that tools/setup.sh wrote into the venv ({} where none was)."""
+    path = path or os.path.join(sys.prefix, "jmodels-cuda-env.json")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {} if record.get("route") == "cpu" else dict(record.get("env", {}))
+
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+HALF = {"bf16": "bfloat16", "fp16": "float16"}
+
+
 def init_jittor(seed=None, precision="fp32"):
-    """Import Jittor configured for this machine, set `use_cuda`, the seed and, on a GPU, the
-    precision: fp32, tf32 (tensor cores for fp32 matmuls and convs) or fp16 (Jittor's automatic
-    mixed precision; parameters stay fp32, the optimizer adds a dynamic loss scale). Returns jittor."""
-    if precision not in ("fp32", "tf32", "fp16"):
-        raise ValueError(f"precision must be fp32, tf32 or fp16, got {precision!r}")
+    """Import Jittor configured for this machine, set `use_cuda`, the seed and, on a GPU, the precision.
+    Matmuls and convolutions accumulate in fp32 in every mode (Jittor patched at set-up for 16-bit data):
+    fp32  strict fp32 (TF32 off in cuBLAS and cuDNN, NVIDIA_TF32_OVERRIDE=0);
+    tf32  fp32 data, tensor cores round the inputs of matmuls and convolutions to TF32;
+    bf16, fp16  `autocast` models: convs and linears see 16-bit inputs and 16-bit copies of the fp32
+          parameters (tensor cores), normalisation and the rest stay fp32; the optimizer's state and the
+          parameters stay fp32; fp16 adds the optimizer's dynamic loss scale, bf16 needs none.
+    Jittor's automatic mixed precision (amp_level) stays off: it turns fp32-by-fp32 ops into fp16 and
+    gives cuDNN and cuBLAS inputs of two dtypes. On the CPU all modes compute in fp32. Returns jittor."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     gpu = use_gpu()
     configure_env(gpu)
+    if gpu and precision == "fp32":
+        os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # read by cuBLAS and cuDNN when they start
     import jittor as jt
     jt.flags.use_cuda = int(gpu and jt.has_cuda)
     if jt.flags.use_cuda:
-        jt.flags.use_tensorcore = int(precision in ("tf32", "fp16"))
-        jt.flags.auto_mixed_precision_level = 5 if precision == "fp16" else 0
+        if precision in HALF and not _jittor_patched():
+            raise RuntimeError(f"--precision {precision} needs Jittor patched for fp32 accumulation of 16-bit "
+                               "matmuls and convolutions: run bash tools/setup.sh (or tools/cuda_route.py patch)")
+        jt.flags.use_tensorcore = int(precision != "fp32")
+        jt.flags.auto_mixed_precision_level = 0
     if seed is not None:
         jt.set_global_seed(seed)
     return jt
+
+
+def _jittor_patched():
+    import jittor as jt
+    root = os.path.dirname(jt.__file__)
+    path = os.path.join(root, "extern", "cuda", "cublas", "ops", "cublas_matmul_op.cc")
+    try:
+        with open(path) as f:
+            return "jmodels-patch" in f.read()
+    except OSError:
+        return False
+
+
+def autocast(model, precision):
+    """`model` as a function that runs its Conv2d and Linear layers in 16-bit on a GPU (bf16, fp16), as
+    PyTorch's autocast does: each such layer's input and parameters are cast to the 16-bit dtype for the
+    call (the parameters stay fp32 Vars, their gradients come back fp32 through the casts), GroupNorm
+    runs in fp32, and float outputs come back fp32. fp32, tf32 and the CPU: `model` itself.
+        loss = diffusion.loss(autocast(unet, cfg["precision"]), ...)   # instead of passing unet"""
+    import jittor as jt
+    dtype = HALF.get(precision)
+    if dtype is None or not jt.flags.use_cuda:
+        return model
+
+    def run(*args, **kw):
+        with _cast_layers(model, dtype):
+            out = model(*args, **kw)
+        return _to_fp32(out)
+    return run
+
+
+@contextlib.contextmanager
+def _cast_layers(model, dtype):
+    from jittor import nn
+    from .layers import GroupNorm
+    wrapped = {}  # by id: a module used twice is wrapped once
+    for m in model.modules():
+        if id(m) in wrapped or "execute" in m.__dict__:
+            continue
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            wrapped[id(m)] = m
+            m.execute = _half_call(m, type(m).execute.__get__(m), dtype)
+        elif isinstance(m, (GroupNorm, nn.GroupNorm)):
+            wrapped[id(m)] = m
+            m.execute = _fp32_call(type(m).execute.__get__(m))
+    try:
+        yield
+    finally:
+        for m in wrapped.values():
+            del m.execute
+
+
+def _half_call(layer, execute, dtype):
+    def call(x, *args, **kw):
+        names = [k for k in ("weight", "bias") if getattr(layer, k, None) is not None]
+        params = {k: getattr(layer, k) for k in names}
+        try:
+            for k, v in params.items():
+                setattr(layer, k, v.cast(dtype) if v.dtype == "float32" else v)
+            return execute(x.cast(dtype) if x.dtype == "float32" else x, *args, **kw)
+        finally:
+            for k, v in params.items():
+                setattr(layer, k, v)
+    return call
+
+
+def _fp32_call(execute):
+    def call(x, *args, **kw):
+        return execute(x.float32() if x.dtype in HALF.values() else x, *args, **kw)
+    return call
+
+
+def _to_fp32(out):
+    if isinstance(out, (tuple, list)):
+        return type(out)(_to_fp32(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _to_fp32(v) for k, v in out.items()}
+    return out.float32() if getattr(out, "dtype", None) in HALF.values() else out
 
 
 def memory():

@@ -1,4 +1,5 @@
 """jmodels.runtime: GPU detection, FORCE_CPU, and Jittor importing on a machine with nvcc but no GPU."""
+import json
 import os
 import subprocess
 import sys
@@ -91,3 +92,69 @@ def test_memory_counts_resident_bytes_and_live_vars():
     block.close()
     del held
     assert runtime.memory()["live_vars"] == before["live_vars"]
+
+
+def test_precision_is_checked_and_every_mode_starts_on_the_cpu():
+    with pytest.raises(ValueError, match="precision must be one of fp32, tf32, bf16, fp16"):
+        runtime.init_jittor(precision="fp8")
+    for precision in runtime.PRECISIONS:
+        jt = runtime.init_jittor(precision=precision)
+        assert jt.flags.use_cuda == 0 and jt.flags.auto_mixed_precision_level == 0
+
+
+def test_the_set_up_route_reaches_jittors_environment_only_on_a_gpu(tmp_path, monkeypatch):
+    path = tmp_path / "jmodels-cuda-env.json"
+    assert runtime.cuda_route_env(path) == {}  # no set-up record: Jittor finds its CUDA itself
+    path.write_text(json.dumps({"route": "cpu", "env": {"nvcc_path": ""}}))
+    assert runtime.cuda_route_env(path) == {}
+    route = {"nvcc_path": "/opt/cuda/bin/nvcc", "conv_opt": "1"}
+    path.write_text(json.dumps({"route": "cuda13-patched", "env": route}))
+    assert runtime.cuda_route_env(path) == route
+    monkeypatch.setattr(runtime, "cuda_route_env", lambda: route)
+    for k in ("nvcc_path", "conv_opt"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("conv_opt", "0")  # what the user set wins
+    runtime.configure_env(gpu=True)
+    assert os.environ["nvcc_path"] == "/opt/cuda/bin/nvcc" and os.environ["conv_opt"] == "0"
+    runtime.configure_env(gpu=False)
+    assert os.environ["nvcc_path"] == ""
+
+
+def test_autocast_is_the_model_itself_on_the_cpu_and_in_fp32():
+    jt = runtime.init_jittor()
+    model = jt.nn.Linear(3, 2)
+    assert all(runtime.autocast(model, p) is model for p in runtime.PRECISIONS)
+
+
+def _net():
+    """A conv, GroupNorm and linear layer: what autocast treats three ways."""
+    from jittor import nn
+    from jmodels.layers import GroupNorm
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.norm, self.lin = nn.Conv2d(4, 8, 3, padding=1), GroupNorm(2, 8), nn.Linear(8, 3)
+
+        def execute(self, x):
+            h = self.conv(x)
+            self.seen = (h.dtype, self.norm(h).dtype)
+            return self.lin(self.norm(h).mean([2, 3]))
+    return Net()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cast_layers_run_convs_and_linears_in_16_bit_and_leave_the_parameters_fp32(dtype):
+    """What autocast does on a GPU, checked on the CPU: 16-bit conv and linear, fp32 GroupNorm, the
+    parameters the same fp32 Vars afterwards and their gradients fp32 through the casts."""
+    jt = runtime.init_jittor(seed=0)
+    net = _net()
+    weight = net.conv.weight
+    x = jt.randn(2, 4, 6, 6)
+    with runtime._cast_layers(net, dtype):
+        y = net(x)
+    assert net.seen == (dtype, "float32") and y.dtype == dtype
+    assert net.conv.weight is weight and weight.dtype == "float32" and "execute" not in net.conv.__dict__
+    grads = jt.grad(runtime._to_fp32(y).sum(), [net.conv.weight, net.lin.weight])
+    assert [g.dtype for g in grads] == ["float32", "float32"] and all(float(g.abs().sum()) > 0 for g in grads)
+    assert runtime._to_fp32((y, {"a": y}))[1]["a"].dtype == "float32"

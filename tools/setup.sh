@@ -2,7 +2,9 @@
 # Idempotent set-up: project-local .venv, pinned packages, Jittor wired to oneDNN and compiled.
 # Run by run.sh and tests/run.sh; a second run with nothing changed takes about a second.
 #   bash tools/setup.sh [--dev] [--mpi]   --dev adds the test dependencies, --mpi OpenMPI (for NP/GPUS > 1)
-# Environment: PYTHON (interpreter for the venv, default python3), FORCE_CPU=1 (never use a GPU).
+# Environment: PYTHON (interpreter for the venv, default python3), FORCE_CPU=1 (never use a GPU),
+#   GPUS=N (NCCL for N GPUs), nvcc_path=... (your CUDA), CUDA_ONLINE=0|1 (skip the download-server probe).
+# On a GPU machine it picks a CUDA route and says why (tools/cuda_route.py, docs/GPU.md).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV="$ROOT/.venv"
@@ -62,8 +64,16 @@ if [ ! -f "$DNNL/lib/libmkldnn.so" ] && [ -f "$VENV/include/dnnl.h" ]; then
     rm -rf "$DNNL" && mv "$tmp" "$DNNL"
 fi
 
-# 3. Jittor's first compile (minutes, once per machine): run it here, with Jittor's own progress lines.
-if [ ! -f "$VENV/.jittor-ready-$core" ]; then
+# 3. The CUDA route: which toolkit Jittor compiles with here and why (the CPU where there is no driver);
+#    on a GPU its one-time work: Jittor's own toolkit downloaded, Jittor patched (fp32 accumulation, CUDA 13).
+"$PY" "$ROOT/tools/cuda_route.py" setup ${GPUS:+--gpus "$GPUS"}
+ready="$VENV/.jittor-ready-$core"
+if ! grep -q '"route": "cpu"' "$VENV/jmodels-cuda-env.json"; then  # a new route compiles anew
+    ready="$ready-$(sha1sum < "$VENV/jmodels-cuda-env.json" | cut -c1-16)"
+fi
+
+# 4. Jittor's first compile (minutes, once per machine): run it here, with Jittor's own progress lines.
+if [ ! -f "$ready" ]; then
     say "compiling Jittor's core and first ops (first time on a machine: about 3 minutes on 2 cores;"
     say "Jittor prints its progress below; later starts take seconds)"
     t0=$(date +%s)
@@ -77,6 +87,6 @@ y.sync()
 print(f"[setup] Jittor {jt.__version__} ready, device: {'cuda' if jt.flags.use_cuda else 'cpu'}")
 PYEOF
     )
-    touch "$VENV/.jittor-ready-$core"
+    touch "$ready"
     say "Jittor ready in $(( $(date +%s) - t0 )) s"
 fi
