@@ -267,6 +267,7 @@ def test_malformed_requests_get_400_and_the_server_lives_on(world):
         (dict(ok, extra=1), "unknown field(s) extra; expected label, reference, settings"),
         (dict(ok, settings={"strength": 2}), "setting strength: 2 is not float in 0.05..1.0"),
         (dict(ok, settings={"steps": 0}), "setting steps: 0 is not int in 1..100"),
+        (dict(ok, settings={"strength": float("nan")}), "setting strength: nan is not float in 0.05..1.0"),
         (dict(ok, settings={"steps": 2.5}), "setting steps: 2.5 is not int in 1..100"),
         (dict(ok, settings={"seed": "1"}), "setting seed: '1' is not int in 0..2147483647"),
         (dict(ok, settings={"color_per_class": 1}), "setting color_per_class: 1 is not bool in 0..1"),
@@ -283,6 +284,7 @@ def test_malformed_requests_get_400_and_the_server_lives_on(world):
     ]
     for request, message in cases:
         assert error(world, "POST", "/api/generate", request) == message
+    assert "no test label [1]" in error(world, "POST", "/api/generate", dict(ok, label={"test": [1]}), status=404)
     assert "no test label 'nope.png'" in error(world, "POST", "/api/generate", dict(ok, label={"test": "nope.png"}),
                                                status=404)
     assert "outside 0..28" in error(world, "POST", "/api/generate", dict(ok, label={"test": "bad_values.png"}),

@@ -229,7 +229,7 @@ class Studio:
         return ids_payload(label, item.stem, resize_note("label", size), item.reference.name)
 
     def _test_item(self, name):
-        if name not in self.tests:
+        if not isinstance(name, str) or name not in self.tests:
             raise StudioError(404, f"no test label {name!r} in the test folder")
         return self.tests[name]
 
