@@ -12,7 +12,7 @@ import os
 import sys
 
 # Run as a script, Python puts tools/ first on the path, where a tool named like a standard module (a
-# tools/select.py) would shadow it for http.server: the project root takes tools/'s place, before any import.
+# tools/select.py once did) shadows it for http.server: the project root takes tools/'s place, before any import.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or ".") != os.path.join(ROOT, "tools")]
 import base64  # noqa: E402
