@@ -13,13 +13,23 @@ STAGE = {"ok": "import json, sys; json.dump({'answer': 42}, open(sys.argv[1], 'w
          "hangs": "import time; print('waiting', flush=True); time.sleep(30)"}
 
 
-def fake(name, result):
-    return [sys.executable, "-c", STAGE[name], str(result)]
+def run_stages(out, names, deadline_s, budgets):
+    """gpu_check.run_stages over the fake stages, in a process of its own: once Jittor is imported (other test
+    files import it into this process), its SIGCHLD handler ends the process whenever a child dies by a
+    signal, as the crashing and the timed-out stages do. gpu_check.py's runner never imports Jittor."""
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from tools import gpu_check; "
+            f"stage = {STAGE!r}; "
+            "fake = lambda name, res: [sys.executable, '-c', stage[name], str(res)]; "
+            f"print(json.dumps(gpu_check.run_stages({str(out)!r}, {names!r}, {deadline_s!r}, command=fake, "
+            f"budgets={budgets!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_each_stage_is_guarded_and_recorded_and_the_rest_goes_on(tmp_path):
     budgets = {"ok": 20, "fails": 20, "crashes": 20, "hangs": 2}
-    report = gpu_check.run_stages(tmp_path, ["fails", "crashes", "hangs", "ok"], 60, command=fake, budgets=budgets)
+    report = run_stages(tmp_path, ["fails", "crashes", "hangs", "ok"], 60, budgets)
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
     assert saved["stages"] == report["stages"]
     s = report["stages"]
@@ -33,7 +43,7 @@ def test_each_stage_is_guarded_and_recorded_and_the_rest_goes_on(tmp_path):
 
 
 def test_stages_past_the_deadline_are_skipped_not_started(tmp_path):
-    report = gpu_check.run_stages(tmp_path, ["hangs", "ok"], 6, command=fake, budgets={"hangs": 30, "ok": 5})
+    report = run_stages(tmp_path, ["hangs", "ok"], 6, {"hangs": 30, "ok": 5})
     assert report["stages"]["hangs"]["error"].startswith("timed out after 6 s")
     assert report["stages"]["ok"] == {"ok": False, "skipped": "out of time"}
 

@@ -5,6 +5,8 @@
 A stage that raises, crashes or outlives its time is recorded with its first error lines, and the next
 one starts. OUT_DIR gets gpu_check.log (every stage's output) and gpu_check.json (rewritten after each
 stage). Models are built only through their public configs; test.py is driven through its command line.
+The runner itself never imports Jittor: Jittor's SIGCHLD handler ends its process when any child dies
+by a signal, as a crashed or a timed-out stage does.
 """
 import os
 import sys
