@@ -81,8 +81,10 @@ def tuned_settings(cfg, run_dir, argv):
             sys.exit(f"error: {path}: not a tuning result ({e}); remove it or run tools/tune.py again")
         for k, v in tuned.items():
             cfg[k], source[k] = v, str(path)
-    for k in cli.given(argv) & set(TUNED):
-        cfg[k], source[k] = cli.parse(DEFAULTS, argv)[k], "command line"
+    given = cli.given(argv) & set(TUNED)
+    command_line = cli.parse(DEFAULTS, argv) if given else {}
+    for k in given:
+        cfg[k], source[k] = command_line[k], "command line"
     return cfg, source
 
 
