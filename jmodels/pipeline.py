@@ -93,27 +93,33 @@ def image_seed(stem, seed):
     return int.from_bytes(hashlib.sha256(f"{seed}:{stem}".encode()).digest()[:8], "little") >> 1
 
 
-def sample_latents(pipe, settings, stems, labels, refs, size, start=None, strength=None, tag=""):
-    """Latents (B, 4, H/8, W/8) and UNet calls per image, at the generation size (W, H).
-
-    The image-to-image start is the reference's latent, or `start` (B, H, W, 3) uint8 images (a
-    refinement pass) noised to `strength`; `tag` names the pass in the noise seed."""
-    from . import generate
-    from .conditioning import conditions, withhold
+def encode_at(pipe, images, size):
+    """(H, W, 3) uint8 images -> scaled posterior means (B, 4, H/8, W/8) at the generation size (W, H)."""
+    from .generate import encode_mean
     from .imageio import to_unit
-    w, h = size
-    lab_small = np.stack([np.asarray(Image.fromarray(lb).resize((w, h), Image.NEAREST)) for lb in labels])
-    ref_small = np.stack([np.asarray(Image.fromarray(r).resize((w, h), Image.BICUBIC)) for r in refs])
-    z_ref = generate.encode_mean(pipe.vae, to_unit(ref_small), pipe.latent_scale)
-    z_start = z_ref if start is None else generate.encode_mean(
-        pipe.vae, to_unit(np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BICUBIC)) for im in start])),
-        pipe.latent_scale)
-    noise = np.stack([np.random.default_rng(image_seed(s + tag, settings["seed"])).standard_normal(z_ref.shape[1:])
+    small = np.stack([np.asarray(Image.fromarray(im).resize(size, Image.BICUBIC)) for im in images])
+    return encode_mean(pipe.vae, to_unit(small), pipe.latent_scale)
+
+
+def prepare(pipe, settings, labels, refs, size):
+    """The conditions (at the generation size (W, H)) and the references' latents of one batch: built
+    once, shared by the first pass and every refinement pass."""
+    from .conditioning import conditions, withhold
+    lab_small = np.stack([np.asarray(Image.fromarray(lb).resize(size, Image.NEAREST)) for lb in labels])
+    ref_small = np.stack([np.asarray(Image.fromarray(r).resize(size, Image.BICUBIC)) for r in refs])
+    z_ref = encode_at(pipe, ref_small, size)
+    return withhold(conditions(lab_small, ref_small, z_ref), settings["without"]), z_ref
+
+
+def sample_latents(pipe, settings, stems, cond, z_start, strength, tag=""):
+    """Latents (B, 4, h, w) from `z_start` noised to `strength`, and UNet calls per image; the noise is
+    seeded by each stem, the seed and `tag` (which names a refinement pass)."""
+    from . import generate
+    noise = np.stack([np.random.default_rng(image_seed(s + tag, settings["seed"])).standard_normal(z_start.shape[1:])
                       for s in stems]).astype(np.float32)
-    cond = withhold(conditions(lab_small, ref_small, z_ref), settings["without"])
     return generate.sample(pipe.unet, pipe.diffusion, cond, noise, steps=settings["steps"],
                            sampler=settings["sampler"], guidance=settings["guidance"], drop=settings["drop"],
-                           strength=settings["strength"] if strength is None else strength, x_ref=z_start)
+                           strength=strength, x_ref=z_start)
 
 
 def postprocess(image, label, ref, ref_label, settings):
@@ -140,8 +146,11 @@ def generate(pipe, settings, stems, labels, refs, ref_labels, size=None):
     from . import generate as gen
     from .imageio import to_uint8
     size, images, total = tuple(size or pipe.train_size), None, 0
-    for k, strength in enumerate((None, *settings.get("refine", ()))):
-        z, calls = sample_latents(pipe, settings, stems, labels, refs, size, images, strength, f"/refine{k}" if k else "")
+    cond, z_start = prepare(pipe, settings, labels, refs, size)
+    for k, strength in enumerate((settings["strength"], *settings.get("refine", ()))):
+        if k:  # a refinement pass starts from the last pass's transferred output
+            z_start = encode_at(pipe, images, size)
+        z, calls = sample_latents(pipe, settings, stems, cond, z_start, strength, f"/refine{k}" if k else "")
         decoded = to_uint8(gen.decode(pipe.vae, z, pipe.latent_scale))
         images = [postprocess(im, lb, r, rl, settings) for im, lb, r, rl in zip(decoded, labels, refs, ref_labels)]
         total += calls
