@@ -110,25 +110,29 @@ def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys):
     doc = json.loads((run / "test_flags.json").read_text())
     assert doc["flags"]["steps"] == 3 and "candidates" not in doc["flags"]  # the start differs from DEFAULTS
     rep = doc["report"]
-    # the judge FD of the report half against the 4 training photos: a positive distance, named as FID's stand-in
-    assert rep["defaults"]["judge_fd"] > 0 and rep["winner"]["judge_fd"] > 0 and "stand-in for FID" in rep["judge_fd_note"]
-    one, two = rep["best_of"]
-    assert (one["candidates"], two["candidates"], one["unet_calls"], two["unet_calls"]) == (1, 2, 6, 12)
-    assert rep["judges"] == [str(judge), str(judge2)] and len(one["judges"]) == len(two["judges"]) == 2
-    # N = 1 is the winner's own output: the first judge's total is the report's winner mean
-    assert one["judges"][0]["total"]["mean"] == pytest.approx(rep["winner"]["mean"], abs=1e-9)
-    # the second judge reads the same picks otherwise; it never scores above what the picking judge maximised
-    assert abs(one["judges"][0]["mask_accuracy"]["mean"] - one["judges"][1]["mask_accuracy"]["mean"]) > 1e-3
-    assert two["judges"][0]["total"]["mean"] >= one["judges"][0]["total"]["mean"] - 1e-9
-    assert one["style"]["stderr"] > 0 and one["judge_fd"] > 0
+    assert rep["judges"] == [str(judge), str(judge2)] and rep["n_images"] == 3 and "stand-in for FID" in rep["judge_fd_note"]
+    defaults, tuned, two = rep["rows"]
+    assert [r["name"] for r in rep["rows"]] == ["defaults", "tuned", "tuned, best of 2"]
+    assert [(r["candidates"], r["unet_calls"]) for r in rep["rows"]] == [(1, 6), (1, 6), (2, 12)]
+    # the winner is the start here (guidance within the noise on 2 images): one generation, the same row
+    assert tuned["label"] == "start" and tuned["judges"] == defaults["judges"] and tuned["judge_fd"] == defaults["judge_fd"]
+    assert tuned["vs_first"][0] == {"mean": 0.0, "stderr": 0.0}
+    # the judge FD of the report half against the 4 training photos: a positive distance
+    assert defaults["judge_fd"] > 0 and two["judge_fd"] > 0 and defaults["style"]["stderr"] > 0
+    # the second judge reads the same images otherwise
+    assert abs(tuned["judges"][0]["mask_accuracy"]["mean"] - tuned["judges"][1]["mask_accuracy"]["mean"]) > 1e-3
+    # best of 2 holds candidate 0 (the plain output): by the picking judge, no image scores lower
+    assert two["vs_first"][0]["mean"] >= 0 and two["judges"][0]["total"]["mean"] >= tuned["judges"][0]["total"]["mean"]
+    assert two["vs_first"][0]["mean"] == pytest.approx(
+        two["judges"][0]["total"]["mean"] - defaults["judges"][0]["total"]["mean"], abs=1e-9)
     assert [r["label"] for r in doc["table"]] == ["start", "guidance=3.5", "guidance=1.5"]  # the budget: 3 x 2 images
     assert doc["split"]["tune"] == tune.split_halves(doc["split"]["tune"] + doc["split"]["report"], 0)[0]
     for r in doc["table"]:
         assert r["unet_calls"] == 3 * 2 and 0 <= r["mean"] <= 1 and r["stderr"] >= 0  # 3 steps, cond + uncond
-    assert doc["report"]["n_images"] == 3 and doc["fewest_calls"]["unet_calls"] == 6
+    assert doc["fewest_calls"]["unet_calls"] == 6
     assert (run / "tune.png").stat().st_size > 1000
     out = capsys.readouterr().out
-    assert "report half (3 images)" in out and "guidance=3.5" in out and "best of N on the report half" in out
+    assert "report half (3 images)" in out and "guidance=3.5" in out and "tuned, best of 2" in out
     entry.main(["--input_path", str(demo / "test"), "--img_path", str(demo / "train"), "--run", str(run),
                 "--output_path", str(tmp_path / "results"), "--zip", "0", "--guidance", "2.5"])
     out = capsys.readouterr().out

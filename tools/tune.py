@@ -1,8 +1,8 @@
 """Tune test.py's settings on held-out pairs; the winner goes to <run>/test_flags.json (issue 19 item 1).
 
     python tools/tune.py --run RUN --input_path TEST --img_path TRAIN [--judge runs/judge/ckpt.npz]
-                         [--judge2 runs/judge2/ckpt.npz] [--best_of 1,2,4] [--set_candidates N]
-                         [--budget 240] [--seed 0] [--axes guidance,steps,...] [--steps 20 ...]
+                         [--judge2 runs/judge2/ckpt.npz] [--best_of 1,2,4,8] [--set_candidates N]
+                         [--budget 1200] [--seed 0] [--axes guidance,steps,...] [--steps 20 ...]
 
 The test folder's pairs are split in two (sorted stems, a permutation seeded by --seed): the search
 scores on half A, and the report compares the defaults with the winner on half B, pairs it never
@@ -16,12 +16,14 @@ mean (`beats`); else the defaults stay. --budget (images x settings) stops the s
 <run>/test_flags.json ("flags": what test.py reads; "table", "report", "fewest_calls") and
 <run>/tune.png (score against UNet calls per image).
 
-The report half also gets the set-level term: the judge's Fréchet distance (tools/evaluate.py: the
-judge's pooled features of the outputs against the training photos less the test stems), the
-stand-in for FID, of the defaults and the winner; and best of N (issue 19 item 2): the winner with
-candidates N for each N of --best_of, picked by --judge alone, scored by it and, with --judge2 (a
-judge trained with another seed on the other half of the training pairs), by a judge that did not
-pick, so a gain that only fools the picking judge shows. "flags" never sets candidates unless
+The report half gets one table (the "report" of test_flags.json): the defaults, the winner
+("tuned"), and the winner with candidates N for each N > 1 of --best_of (issue 19 item 2), picked
+by --judge alone. Every row has style, mask accuracy and local total under --judge and, with
+--judge2 (a judge trained with another seed on the other half of the training pairs), under a
+judge that did not pick, so a gain that only fools the picking judge shows; each judge's paired
+difference of totals against the defaults; the set-level judge Fréchet distance (tools/evaluate.py:
+the judge's pooled features of the outputs against the training photos less the test stems), the
+stand-in for FID; UNet calls and seconds per image. "flags" never sets candidates unless
 --set_candidates N says so: N candidates cost N times the UNet calls and time of the test stage,
 a trade the table shows and the run's owner decides.
 """
@@ -42,10 +44,11 @@ DEFAULTS = dict(
     img_path="",                  # training folder: references under imgs/, their labels under labels/
     judge="runs/judge/ckpt.npz",  # the stand-in segmenter that scores mask accuracy (and picks best of N)
     judge2="",                    # a second judge (other seed, other half) that scores best of N too; empty: none
-    best_of="1,2,4",              # candidates N measured on the report half with the winner's settings
+    best_of="1,2,4,8",            # candidates N measured on the report half with the winner's settings
     set_candidates=0,             # > 0: write candidates=N into "flags" (0: leave test.py's default)
     real_max=2000,                # at most this many training photos for the judge's Fréchet distance
-    budget=240,                   # images x settings; the search stops before passing it
+    budget=1200,                  # images x settings; the search stops before passing it (all
+                                  # of AXES, 18 settings, on up to 66 images)
     seed=0,                       # the split's permutation and the generation noise (test.py's --seed)
     axes="",                      # comma-separated names of AXES to search, in AXES order; empty: all
     batch_size=4,
@@ -142,8 +145,7 @@ def scorer(pipe, judge, inputs, seed, batch_size):
     from jmodels import pipeline
     stems, labels, refs, ref_labels = inputs
 
-    def evaluate(settings, keep=None):
-        """keep: a list that receives the images (for the set-level judge FD)."""
+    def evaluate(settings):
         gen = {"without": entry.DEFAULTS["without"], **settings, "seed": seed}
         scores, calls, t0 = [], 0, time.time()
         for i in range(0, len(stems), batch_size):
@@ -151,27 +153,8 @@ def scorer(pipe, judge, inputs, seed, batch_size):
             images, calls = pipeline.generate(pipe, gen, stems[sl], labels[sl], refs[sl], ref_labels[sl])
             scores += [pipeline.candidate_score(a, s)
                        for a, s in pipeline.judge_scores(judge, images, labels[sl], refs[sl])]
-            if keep is not None:
-                keep += images
         return scores, calls, (time.time() - t0) / len(stems)
     return evaluate
-
-
-def jsonable(settings):
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
-def report(evaluate, start, winner, judge_fd):
-    """Defaults against the winner on the report half: means, stderrs, the paired difference and
-    judge_fd(images) of each (None when there are too few real photos)."""
-    i0, i1 = [], []
-    s0, c0, t0 = evaluate(start, i0)
-    s1, c1, t1 = (s0, c0, t0) if winner == start else evaluate(winner, i1)
-    i1 = i1 or i0
-    diff = mean_se(np.subtract(s1, s0))
-    return {name: dict(mean=mean_se(s)[0], stderr=mean_se(s)[1], unet_calls=c, seconds_per_image=t, judge_fd=judge_fd(im))
-            for name, s, c, t, im in (("defaults", s0, c0, t0, i0), ("winner", s1, c1, t1, i1))} | dict(
-        n_images=len(s0), difference=dict(mean=diff[0], stderr=diff[1]))
 
 
 def judge_fd_to(judge, img_path, exclude, limit):
@@ -194,29 +177,41 @@ def stat(values):
     return dict(mean=mean, stderr=se)
 
 
-def best_of_rows(pipe, judges, inputs, winner, ns, seed, batch_size, judge_fd):
-    """One row per N: the winner with candidates N, picked by judges[0] (pipeline.best_of), each
-    image scored by every judge (mask accuracy, local total) and by style; judge_fd of the picks."""
+def report_rows(pipe, judges, inputs, entries, seed, batch_size, judge_fd):
+    """The report half's table: one row per (name, settings, N) of `entries`, N candidates picked by
+    judges[0] (pipeline.best_of; N = 1 is the plain output), every image scored by every judge (mask
+    accuracy, local total) and by style, judge_fd of the images, and each judge's paired difference
+    of totals against the first row. Equal (settings, N) are generated once."""
     from jmodels import pipeline
     stems, labels, refs, ref_labels = inputs
-    rows = []
-    for n in ns:
-        gen = {"without": entry.DEFAULTS["without"], **winner, "candidates": n, "seed": seed}
-        acc, style, picks, t0 = [[] for _ in judges], [], [], time.time()
-        for i in range(0, len(stems), batch_size):
-            sl = slice(i, i + batch_size)
-            images, calls, _ = pipeline.best_of(pipe, gen, judges[0], stems[sl], labels[sl], refs[sl], ref_labels[sl])
-            scored = [pipeline.judge_scores(judge, images, labels[sl], refs[sl]) for judge in judges]
-            for j, per_judge in enumerate(scored):
-                acc[j] += [a for a, _ in per_judge]
-            style += [s for _, s in scored[0]]  # style does not depend on the judge
-            picks += images
-        secs = (time.time() - t0) / len(stems)
-        rows.append(dict(candidates=n, unet_calls=calls, seconds_per_image=secs, style=stat(style),
-                         judge_fd=judge_fd(picks), judges=[dict(
-                             mask_accuracy=stat(a), total=stat([pipeline.candidate_score(x, s) for x, s in zip(a, style)]))
-                             for a in acc]))
+    rows, done = [], {}
+    for name, settings, n in entries:
+        key = (json.dumps(jsonable(settings), sort_keys=True), n)
+        if key not in done:
+            gen = {"without": entry.DEFAULTS["without"], **settings, "candidates": n, "seed": seed}
+            acc, style, picks, t0 = [[] for _ in judges], [], [], time.time()
+            for i in range(0, len(stems), batch_size):
+                sl = slice(i, i + batch_size)
+                images, calls, _ = pipeline.best_of(pipe, gen, judges[0], stems[sl], labels[sl], refs[sl], ref_labels[sl])
+                scored = [pipeline.judge_scores(judge, images, labels[sl], refs[sl]) for judge in judges]
+                for j, per_judge in enumerate(scored):
+                    acc[j] += [a for a, _ in per_judge]
+                style += [s for _, s in scored[0]]  # style does not depend on the judge
+                picks += images
+            totals = [[pipeline.candidate_score(x, s) for x, s in zip(a, style)] for a in acc]
+            done[key] = dict(unet_calls=calls, seconds_per_image=(time.time() - t0) / len(stems), style=stat(style),
+                             judge_fd=judge_fd(picks), judges=[dict(mask_accuracy=stat(a), total=stat(t))
+                                                               for a, t in zip(acc, totals)], totals=totals)
+        row = done[key]
+        first = done[next(iter(done))]["totals"]
+        rows.append(dict(name=name, label=label(settings, entries[0][1]), candidates=n,
+                         **{k: v for k, v in row.items() if k != "totals"},
+                         vs_first=[stat(np.subtract(t, f)) for t, f in zip(row["totals"], first)]))
     return rows
+
+
+def jsonable(settings):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def write_results(run_dir, winner, rows, rep, few, split, candidates=0):
@@ -240,26 +235,23 @@ def print_results(rows, rep, few, flags):
     for r in rows:
         print(f"{r['label'][:40]:40s} {r['mean']:7.4f} {r['stderr']:7.4f} {r['unet_calls']:6d} "
               f"{r['seconds_per_image']:6.2f}  {r.get('decision', 'start')}")
-    print(f"report half ({rep['n_images']} images): " + ", ".join(
-        f"{k} {rep[k]['mean']:.4f} ± {rep[k]['stderr']:.4f} ({rep[k]['unet_calls']} calls)" for k in ("defaults", "winner"))
-        + f"; winner - defaults {rep['difference']['mean']:+.4f} ± {rep['difference']['stderr']:.4f}")
     print(f"fewest calls within one stderr of the best: {few['unet_calls']} ({few['label']})")
-    print(f"{rep['judge_fd_note']}: " + ", ".join(
-        f"{k} {'-' if rep[k]['judge_fd'] is None else format(rep[k]['judge_fd'], '.4f')}" for k in ("defaults", "winner")))
-    print_best_of(rep["best_of"], rep["judges"])
+    print_report(rep)
     print("flags: " + (", ".join(f"{k}={entry.fmt(v)}" for k, v in flags.items()) or "none (the defaults stay)"))
 
 
-def print_best_of(rows, judges):
-    """The best-of-N table: mean ± stderr over the report half; the first judge picked."""
+def print_report(rep):
+    """The report half's table: mean ± stderr over its images; best of N picked by the first judge."""
     pm = lambda d: f"{d['mean']:.4f}±{d['stderr']:.4f}"  # noqa: E731
-    heads = [f"{h} ({name})" for name in judges for h in ("mask acc", "total")]
-    print(f"best of N on the report half, picked by {judges[0]}:")
-    print(f"{'N':>3s} {'style':>15s} " + " ".join(f"{h:>24s}" for h in heads) + f" {'judge FD':>9s} {'calls':>6s} {'s/img':>6s}")
-    for r in rows:
+    names = [Path(j).parent.name or j for j in rep["judges"]]
+    heads = [f"{h} ({name})" for name in names for h in ("mask acc", "total", "vs first")]
+    print(f"report half ({rep['n_images']} images), best of N picked by {rep['judges'][0]}; "
+          f"judge FD: {rep['judge_fd_note']}")
+    print(f"{'':18s} {'style':>15s} " + " ".join(f"{h:>22s}" for h in heads) + f" {'judge FD':>9s} {'calls':>6s} {'s/img':>6s}")
+    for r in rep["rows"]:
         fd = "-" if r["judge_fd"] is None else f"{r['judge_fd']:.4f}"
-        print(f"{r['candidates']:3d} {pm(r['style']):>15s} "
-              + " ".join(f"{pm(j[k]):>24s}" for j in r["judges"] for k in ("mask_accuracy", "total"))
+        cells = [pm(x) for j, d in zip(r["judges"], r["vs_first"]) for x in (j["mask_accuracy"], j["total"], d)]
+        print(f"{r['name'][:18]:18s} {pm(r['style']):>15s} " + " ".join(f"{c:>22s}" for c in cells)
               + f" {fd:>9s} {r['unet_calls']:6d} {r['seconds_per_image']:6.2f}")
 
 
@@ -297,14 +289,16 @@ def main(argv=None):
     start = {k: cfg[k] for k in SEARCHED}
     start["refine"] = tuple(float(r) for r in start["refine"])  # a tuple flag parses as strings
     print(f"{pipe.describe()}\ntuning on {len(halves[0])} pairs, reporting on {len(halves[1])}; budget {cfg['budget']}")
-    tune_on, report_on = (scorer(pipe, judge, inp, cfg["seed"], cfg["batch_size"]) for inp in inputs)
+    tune_on = scorer(pipe, judge, inputs[0], cfg["seed"], cfg["batch_size"])
     try:
         winner, rows, used = search(tune_on, start, axes, cfg["budget"], len(halves[0]))
     except ValueError as e:
         sys.exit(f"error: {e}")
-    rep, few = report(report_on, start, winner, judge_fd), fewest_calls(rows)
-    rep |= dict(judge_fd_note=fd_note, judges=[cfg["judge"]] + ([cfg["judge2"]] if cfg["judge2"] else []),
-                best_of=best_of_rows(pipe, judges, inputs[1], winner, ns, cfg["seed"], cfg["batch_size"], judge_fd))
+    few = fewest_calls(rows)
+    entries = [("defaults", start, 1)] + [("tuned" if n == 1 else f"tuned, best of {n}", winner, n) for n in ns]
+    rep = dict(n_images=len(halves[1]), judges=[cfg["judge"]] + ([cfg["judge2"]] if cfg["judge2"] else []),
+               judge_fd_note=fd_note,
+               rows=report_rows(pipe, judges, inputs[1], entries, cfg["seed"], cfg["batch_size"], judge_fd))
     flags = write_results(run_dir, winner, rows, rep, few, dict(seed=cfg["seed"], tune=halves[0], report=halves[1]),
                           cfg["set_candidates"])
     print_results(rows, rep, few, flags)
