@@ -151,3 +151,26 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
         report.main(argv[:4] + ["--test", str(tmp_path / "seen")] + argv[6:])
     with pytest.raises(SystemExit, match="was trained on x, not"):
         report.main(argv[:6] + ["--judge", str(tiny_judge(tmp_path / "other.npz", []))] + argv[8:])
+
+    # tuned on one pair (tools/tune.py's file): the table scores the other two, and the tuning's tables follow
+    from tools import tune
+    os.utime(ckpt, (time.time() - 3600, time.time() - 3600))  # older than the outputs again
+    start = {k: entry.DEFAULTS[k] for k in tune.SEARCHED}
+    half = lambda name: dict(mask_accuracy=dict(mean=0.5, stderr=0.1), total=dict(mean=0.2, stderr=0.05))  # noqa: E731
+    row = dict(name="defaults", label="start", candidates=1, unet_calls=4, seconds_per_image=0.5,
+               style=dict(mean=0.6, stderr=0.02), judge_fd=1.25, judges=[half(0)], vs_first=[dict(mean=0.0, stderr=0.0)])
+    rep = dict(n_images=2, judges=[str(judge)], judge_fd_note="judge FD note", rows=[row, {**row, "name": "tuned, best of 4"}])
+    table = [dict(label="start", settings=start, mean=0.21, stderr=0.03, unet_calls=4, seconds_per_image=0.5, scores=[0.21])]
+    tune.write_results(run, start, table, rep, tune.fewest_calls(table), dict(seed=0, tune=stems[:1], report=stems[1:]))
+    report.main(argv)
+    text = (run / "report.md").read_text()
+    assert text.startswith(f"# Report: {run}\n\n2 held-out pairs") and "the other 1 held-out pairs" in text
+    assert "trained on 2 of these photos" in text  # the report half: the two the judge did not hold out
+    assert "| tuned, best of 4 | start | 0.6000 ± 0.0200 | 0.5000 ± 0.1000 | 0.2000 ± 0.0500 |" in text
+    assert "within one standard error of the best setting searched (start, 0.2100 ± 0.0300): **4**" in text
+    assert (run / "report/grid.png").is_file()
+    with Image.open(run / "report/grid.png") as grid:
+        assert grid.size[1] == 2 + 2 * (96 + 2)  # the report half's two pairs
+    tune.write_results(run, start, table, rep, tune.fewest_calls(table), dict(seed=0, tune=[], report=["nowhere"]))
+    with pytest.raises(SystemExit, match="report half names 1 pair"):
+        report.main(argv)

@@ -14,6 +14,9 @@ Rows of the table, all on the same held-out labels and references (tools/holdout
 Scores (tools/evaluate.score): style, the stand-in judge's mask accuracy, the judge's Fréchet distance
 to the training photos (a stand-in for FID, not comparable with it), and the contest total over those
 terms. Also the VAE's held-out reconstruction PSNR and the wall time of each stage (<run>/times.tsv).
+When tools/tune.py has written <run>/test_flags.json, test.py's settings were tuned on half of these
+pairs: the table then scores only the other half (its "split"), and the tuning's own tables
+(defaults, tuned, best of N under both judges; every setting tried) follow it.
 """
 import argparse
 import json
@@ -91,6 +94,46 @@ def stage_times(run):
             stage, secs = line.split("\t")[:2]
             totals[stage] = totals.get(stage, 0) + int(secs)
     return totals
+
+
+def read_tuning(run, stems):
+    """<run>/test_flags.json (tools/tune.py) or None; its report half must be pairs of the test folder."""
+    path = Path(run) / "test_flags.json"
+    if not path.is_file():
+        return None
+    doc = json.loads(path.read_text())
+    strange = sorted(set(doc["split"]["report"]) - set(stems))
+    if strange:
+        sys.exit(f"error: {path}: its report half names {len(strange)} pair(s) the test folder lacks, e.g. "
+                 f"{strange[0]}; tune again on this folder (FORCE=tune bash run.sh)")
+    return doc
+
+
+def tuning_markdown(doc):
+    """tools/tune.py's tables as markdown: the report half's rows, the fewest calls, the search."""
+    rep, pm = doc["report"], lambda d: f"{d['mean']:.4f} ± {d['stderr']:.4f}"  # noqa: E731
+    names = [Path(j).parent.name or j for j in rep["judges"]]
+    heads = [f"{h} ({n})" for n in names for h in ("mask accuracy", "total", "total - defaults")]
+    lines = ["## Tuning (`tools/tune.py`, `test_flags.json`)", "",
+             f"Settings searched on {len(doc['split']['tune'])} pairs ({doc['rule']}), reported on the other "
+             f"{rep['n_images']} (mean ± standard error over images; best of N picked by `{rep['judges'][0]}`; "
+             f"judge FD: {rep['judge_fd_note']}):", "",
+             "| | settings | style | " + " | ".join(heads) + " | judge FD | UNet calls | s/image |",
+             "|---|---|" + "---:|" * (len(heads) + 4)]
+    for r in rep["rows"]:
+        cells = [pm(x) for j, d in zip(r["judges"], r["vs_first"]) for x in (j["mask_accuracy"], j["total"], d)]
+        fd = "-" if r["judge_fd"] is None else f"{r['judge_fd']:.3f}"
+        lines.append(f"| {r['name']} | {r['label']} | {pm(r['style'])} | " + " | ".join(cells)
+                     + f" | {fd} | {r['unet_calls']} | {r['seconds_per_image']:.2f} |")
+    few = doc["fewest_calls"]
+    lines += ["", f"Fewest UNet calls per image within one standard error of the best setting searched "
+              f"({few['best_label']}, {pm(dict(mean=few['best_mean'], stderr=few['best_stderr']))}): "
+              f"**{few['unet_calls']}** ({few['label']}, {pm(few)}).", "",
+              "| setting tried (tuning half) | local total | UNet calls | s/image | decision |", "|---|---:|---:|---:|---|"]
+    for r in doc["table"]:
+        lines.append(f"| {r['label']} | {pm(r)} | {r['unet_calls']} | {r['seconds_per_image']:.2f} | "
+                     f"{r.get('decision', 'start')} |")
+    return lines + ["", "![tuning](tune.png)"]
 
 
 def params(groups, name="model"):
@@ -172,7 +215,7 @@ def save_report_grid(path, folders, test_inputs, stems, cell=(128, 96)):
     save_grid(rows, path)
 
 
-def markdown(args, run, scores, judge_meta, stages, n_items, n_real, seconds):
+def markdown(args, run, scores, judge_meta, stages, n_items, n_real, seconds, tuning=None):
     """The report's text: the table, what each ablation costs, the terms, the stages, the grids."""
     from tools.evaluate import contest_total
     (vae_meta, vae_groups), (ldm_meta, ldm_groups) = stages
@@ -181,7 +224,10 @@ def markdown(args, run, scores, judge_meta, stages, n_items, n_real, seconds):
     lines = [f"# Report: {run}", "",
              f"{n_items} held-out pairs of `{args.data}` (neither stage trained on them), each with another "
              f"held-out photo as the reference (`{args.test}`). Generated at {size[0]}x{size[1]}, upscaled to "
-             f"512x384. test.py flags: `{args.flags or '(defaults)'}`.", "",
+             f"512x384. test.py flags: `{args.flags or '(defaults)'}`" + (
+                 f", over the tuned settings of `test_flags.json` (`{json.dumps(tuning['flags'])}`), searched on "
+                 f"the other {len(tuning['split']['tune'])} held-out pairs, which this table leaves out."
+                 if tuning else "."), "",
              "| | style | mask accuracy | judge FD (stand-in for FID) | total of these terms |",
              "|---|---:|---:|---:|---:|"]
     for name, s in scores.items():
@@ -219,7 +265,9 @@ def markdown(args, run, scores, judge_meta, stages, n_items, n_real, seconds):
               " | ".join(k for k in scores if k != "(b) reference pasted") + ".", "",
               "![grid](report/grid.png)", "",
               "Training grids: `vae/samples/` (input | EMA | raw reconstruction), `ldm/samples/` (label | "
-              "reference | sample from noise | real photo)."]
+              "reference | sample from noise | real photo); curves: `vae/curves.png`, `ldm/curves.png`."]
+    if tuning:
+        lines += [""] + tuning_markdown(tuning)
     return "\n".join(lines) + "\n"
 
 
@@ -247,6 +295,9 @@ def main(argv=None):
     judge = load_judge(args.judge)
     try:
         items = dataset.list_test_items(args.test, args.data)
+        tuning = read_tuning(run, [it.stem for it in items])
+        if tuning:  # the pairs the settings were tuned on are left out
+            items = [it for it in items if it.stem in set(tuning["split"]["report"])]
         stems = [it.stem for it in items]
         test_inputs = ([dataset.read_label(it.label) for it in items], [dataset.read_image(it.reference) for it in items],
                        [dataset.read_label(Path(args.data, "labels", f"{it.reference.stem}.png")) for it in items])
@@ -258,14 +309,15 @@ def main(argv=None):
                        [resized(dataset.read_label(Path(args.data, "labels", f"{p.stem}.png")), size, Image.NEAREST)
                         for p in reals])
         t0 = time.time()  # ablations resume only outputs of these checkpoints and flags
-        start_folder(out, {"flags": args.flags, **{k: (run / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm")}})
+        start_folder(out, {"flags": args.flags, "tuned": tuning and tuning["flags"],
+                           **{k: (run / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm")}})
         folders = make_outputs(args, out, items, test_inputs, train_small)
         real_stats = judge_statistics(judge, np.stack(train_small[0]))
         scores = {name: score(folder, items, judge, real_stats) for name, folder in folders.items()}
     except dataset.DataError as e:
         sys.exit(f"error: {e}")
     save_report_grid(out / "grid.png", folders, test_inputs, stems)
-    text = markdown(args, run, scores, judge_meta, stages, len(items), len(reals), time.time() - t0)
+    text = markdown(args, run, scores, judge_meta, stages, len(items), len(reals), time.time() - t0, tuning)
     with atomic_file(run / "report.md") as f:
         f.write(text.encode())
     print(text.split("\nTerms:")[0])
