@@ -24,7 +24,7 @@ import test as entry  # noqa: E402
 from jmodels import checkpoint, pipeline  # noqa: E402
 from jmodels.classes import CLASS_NAMES  # noqa: E402
 from jmodels.imageio import colorize, palette  # noqa: E402
-from tools import studio  # noqa: E402
+from tools import studio, studio_state  # noqa: E402
 from tools.make_demo_data import make_demo  # noqa: E402
 
 TIMEOUT = 600  # seconds any one job may take on the tiny run (the first may compile Jittor's ops: minutes)
@@ -136,7 +136,7 @@ def test_page_files_and_info(world):
     assert info["classes"][5]["color"] == "#%02x%02x%02x" % tuple(palette()[5])
     assert (info["width"], info["height"]) == (W, H) and info["tests"] == 5 and info["references"] == 6
     assert info["judge"]["held_out_accuracy"] == 0.5 and "step 1" in info["run"]
-    assert info["defaults"] == {k: entry.DEFAULTS[k] for k in studio.SETTINGS}
+    assert info["defaults"] == {k: entry.DEFAULTS[k] for k in studio_state.SETTINGS}
     assert info["limits"]["upload_bytes"] == 10 * 2 ** 20 and info["limits"]["upload_pixels"] == 25_000_000
     warm = wait(world, info["warm_up"])  # started with the studio: a blank canvas, the first reference
     first = sorted(p.name for p in (world["demo"] / "train/imgs").iterdir())[0]
@@ -227,7 +227,7 @@ def test_reference_uploads(world):
 
 
 def test_uploads_over_the_limits_are_refused(world):
-    limit = studio.LIMITS["upload_bytes"]
+    limit = studio_state.LIMITS["upload_bytes"]
     big = error(world, "POST", "/api/reference", b"\0" * (limit + 1), status=413)
     assert big == f"the request body is {limit + 1:,} bytes; the limit is {limit:,}"
     huge = io.BytesIO()
@@ -261,7 +261,7 @@ def test_malformed_requests_get_400_and_the_server_lives_on(world):
     assert error(world, "POST", "/api/generate", b"[1, 2]") == "the request body must be a JSON object"
     line, body = raw_request(world, b"POST /api/generate HTTP/1.1\r\nHost: x\r\n\r\n")
     assert line.endswith("411 Length Required") and b"Content-Length" in body
-    limit = studio.LIMITS["json_bytes"]
+    limit = studio_state.LIMITS["json_bytes"]
     assert "the limit is" in error(world, "POST", "/api/generate", b" " * (limit + 1), status=413)
     cases = [
         (dict(ok, extra=1), "unknown field(s) extra; expected label, reference, settings"),
@@ -358,8 +358,8 @@ def test_two_concurrent_requests_are_both_answered(world):
 def test_the_queue_tells_positions_and_refuses_past_its_limit(world, monkeypatch):
     """A studio whose worker has not started: requests wait and are told how many are ahead; past the limit
     a request is refused with 503; once the worker runs, every waiting one is generated."""
-    monkeypatch.setitem(studio.LIMITS, "waiting", 3)
-    st = studio.Studio(world["studio"].pipe, world["studio"].settings, world["cfg"]["input_path"],
+    monkeypatch.setitem(studio_state.LIMITS, "waiting", 3)
+    st = studio_state.Studio(world["studio"].pipe, world["studio"].settings, world["cfg"]["input_path"],
                        world["cfg"]["img_path"])
     server = studio.serve(st)
     port = server.server_port
