@@ -89,7 +89,8 @@ def train_step(run, micro_batches):
         loss = nll + cfg["kl_weight"] * kl
         if gan_on:
             g_loss = -run.disc(recon).mean()
-            d_weight = adaptive_weight(nll, g_loss, run.model.last_layer()) * cfg["disc_weight"]
+            d_weight = cfg["disc_weight"] * adaptive_weight(  # the clamp scaled to the image: latent-diffusion's
+                nll, g_loss, run.model.last_layer(), values_per_image=int(np.prod(x.shape[1:])))  # balance at any size
             loss = loss + d_weight * g_loss
             d_loss = hinge_d_loss(run.disc(x), run.disc(recon.detach()))
             run.opt_d.backward(d_loss / accum)
