@@ -23,7 +23,7 @@ LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: REA
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm tune test report
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm tune test picks report
 JUDGE=${JUDGE:-runs/judge}    # the stand-in judge (<folder>/ckpt.npz) that tunes, picks and reports: half a of DATA
 JUDGE2=${JUDGE2:-runs/judge2} # a second judge (seed 1, half b) that scores best of N without having picked
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
@@ -121,6 +121,12 @@ else
         redo test "$RESULTS" "$RESULTS.zip"
     fi
     timed test $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
+fi
+
+if [ -n "$TEST" ] && { forced picks || [ ! "$RESULTS.zip" -ot "${RESULTS}_picks.txt" ]; }; then  # new outputs
+    banner "picks: 3 images for the expert vote, the best of different scenes -> ${RESULTS}_picks.png"
+    PICK_JUDGE=""; [ ! -f "$JUDGE/ckpt.npz" ] || PICK_JUDGE="--judge $JUDGE/ckpt.npz"  # else by style alone
+    $PY tools/select_picks.py --results "$RESULTS" --input_path "$TEST" --img_path "$DATA" --n 3 $PICK_JUDGE
 fi
 
 if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md"; }; then  # the judge was made above
