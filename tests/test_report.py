@@ -171,6 +171,10 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
     assert (run / "report/grid.png").is_file()
     with Image.open(run / "report/grid.png") as grid:
         assert grid.size[1] == 2 + 2 * (96 + 2)  # the report half's two pairs
+    os.utime(ckpt, (time.time() + 60, time.time() + 60))  # retrained after the tuning
+    with pytest.raises(SystemExit, match="test_flags.json is older than the checkpoints"):
+        report.main(argv)
+    os.utime(ckpt, (time.time() - 3600, time.time() - 3600))
     tune.write_results(run, start, table, rep, tune.fewest_calls(table), dict(seed=0, tune=[], report=["nowhere"]))
     with pytest.raises(SystemExit, match="report half names 1 pair"):
         report.main(argv)

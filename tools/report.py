@@ -97,10 +97,14 @@ def stage_times(run):
 
 
 def read_tuning(run, stems):
-    """<run>/test_flags.json (tools/tune.py) or None; its report half must be pairs of the test folder."""
+    """<run>/test_flags.json (tools/tune.py) or None; it must be newer than both checkpoints and its report
+    half pairs of the test folder."""
     path = Path(run) / "test_flags.json"
     if not path.is_file():
         return None
+    if any(path.stat().st_mtime < (Path(run) / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm")):
+        sys.exit(f"error: {path} is older than the checkpoints: its settings and tables are another model's; "
+                 "tune again (FORCE=tune bash run.sh)")
     doc = json.loads(path.read_text())
     strange = sorted(set(doc["split"]["report"]) - set(stems))
     if strange:
