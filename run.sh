@@ -118,18 +118,19 @@ if [ -z "$TEST" ]; then
 else
     banner "test: the contest entry -> $RESULTS and $RESULTS.zip"
     if forced test || older "$RESULTS" || [ "$RUN/test_flags.json" -nt "$RESULTS" ]; then  # older weights or settings
-        redo test "$RESULTS" "$RESULTS.zip"
+        redo test "$RESULTS" "$RESULTS.zip" "${RESULTS}_picks.png" "${RESULTS}_picks.txt"
     fi
     timed test $PY test.py --input_path "$TEST" --img_path "$DATA" --output_path "$RESULTS" --run "$RUN" --resume 1 $TEST_FLAGS
 fi
 
-if [ -n "$TEST" ] && { forced picks || [ ! "$RESULTS.zip" -ot "${RESULTS}_picks.txt" ]; }; then  # new outputs
+if [ -n "$TEST" ] && { forced picks || [ ! -f "${RESULTS}_picks.txt" ]; }; then  # a new test stage removed them
     banner "picks: 3 images for the expert vote, the best of different scenes -> ${RESULTS}_picks.png"
-    PICK_JUDGE=""; [ ! -f "$JUDGE/ckpt.npz" ] || PICK_JUDGE="--judge $JUDGE/ckpt.npz"  # else by style alone
-    $PY tools/select_picks.py --results "$RESULTS" --input_path "$TEST" --img_path "$DATA" --n 3 $PICK_JUDGE
+    PICK_JUDGE=()  # held-out runs: the judge trained on DATA above; else by style alone
+    [ -z "$REPORT" ] || PICK_JUDGE=(--judge "$JUDGE/ckpt.npz")
+    timed picks $PY tools/select_picks.py --results "$RESULTS" --input_path "$TEST" --img_path "$DATA" --n 3 "${PICK_JUDGE[@]}"
 fi
 
-if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md"; }; then  # the judge was made above
+if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md" || [ "$RUN/test_flags.json" -nt "$RUN/report.md" ]; }; then
     banner "report: held-out scores against baselines and ablations -> $RUN/report.md"
     if forced report || [ -f "$RUN/report.md" ]; then  # else an interrupted report resumes its ablations
         redo report "$RUN/report" "$RUN/report.md"

@@ -154,7 +154,8 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
 
     # tuned on one pair (tools/tune.py's file): the table scores the other two, and the tuning's tables follow
     from tools import tune
-    os.utime(ckpt, (time.time() - 3600, time.time() - 3600))  # older than the outputs again
+    for k in ("vae", "ldm"):  # both weights older than the outputs again
+        os.utime(run / k / "ckpt.npz", (time.time() - 3600, time.time() - 3600))
     start = {k: entry.DEFAULTS[k] for k in tune.SEARCHED}
     half = lambda name: dict(mask_accuracy=dict(mean=0.5, stderr=0.1), total=dict(mean=0.2, stderr=0.05))  # noqa: E731
     row = dict(name="defaults", label="start", candidates=1, unet_calls=4, seconds_per_image=0.5,
@@ -162,10 +163,15 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
     rep = dict(n_images=2, judges=[str(judge)], judge_fd_note="judge FD note", rows=[row, {**row, "name": "tuned, best of 4"}])
     table = [dict(label="start", settings=start, mean=0.21, stderr=0.03, unet_calls=4, seconds_per_image=0.5, scores=[0.21])]
     tune.write_results(run, start, table, rep, tune.fewest_calls(table), dict(seed=0, tune=stems[:1], report=stems[1:]))
+    with pytest.raises(SystemExit, match="older than the checkpoints or the tuned settings"):
+        report.main(argv)  # the outputs were made before these settings
+    os.utime(run / "test_flags.json", (time.time() - 1800, time.time() - 1800))  # after the weights, before the outputs
     report.main(argv)
     text = (run / "report.md").read_text()
     assert text.startswith(f"# Report: {run}\n\n2 held-out pairs") and "the other 1 held-out pairs" in text
     assert "trained on 2 of these photos" in text  # the report half: the two the judge did not hold out
+    n_real = len(dataset.list_train_pairs(data)) - len(stems)  # every held-out photo left out, the tuning half's too
+    assert f"features of the outputs and of {n_real} training photos" in text
     assert "| tuned, best of 4 | start | 0.6000 ± 0.0200 | 0.5000 ± 0.1000 | 0.2000 ± 0.0500 |" in text
     assert "within one standard error of the best setting searched (start, 0.2100 ± 0.0300): **4**" in text
     assert (run / "report/grid.png").is_file()
@@ -176,5 +182,6 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
         report.main(argv)
     os.utime(ckpt, (time.time() - 3600, time.time() - 3600))
     tune.write_results(run, start, table, rep, tune.fewest_calls(table), dict(seed=0, tune=[], report=["nowhere"]))
+    os.utime(run / "test_flags.json", (time.time() - 1800, time.time() - 1800))
     with pytest.raises(SystemExit, match="report half names 1 pair"):
         report.main(argv)

@@ -182,8 +182,9 @@ def test_training_reduces_the_reconstruction_loss():
 
 def test_the_gan_weight_clamp_follows_the_image_size():
     """train_vae's adaptive GAN weight is clamped at latent-diffusion's balance for its images (docs/
-    vae_gan_weight.md): 1e4 x 3*16*24 / (3*256*256) x disc_weight 0.5 = 29.296875 for these 16x24 batches,
-    where the tiny random networks' gradient ratio is far above it (the fixed clamp would give 5000)."""
+    vae_gan_weight.md): 1e4 x 3*16*24 / (3*256*256) x disc_weight 0.5 = 29.296875 for these 16x24 batches.
+    The tiny random networks' gradient ratio is 221.6, 3.8x that clamp; the fixed clamp (1e4) leaves it
+    unclamped: 0.5 x 221.6 = 110.8."""
     run = new_run()  # disc_start 2: steps 0 and 1 without the GAN
     weights = [train_vae.train_step(run, [b])["d_weight"] for b in batches(3)]
     assert weights[:2] == [0.0, 0.0]

@@ -100,12 +100,15 @@ def other_judge(path, like):
     return checkpoint.save(path, meta, model=perturbed(Segmenter(SegmenterConfig.from_dict(meta["config"])), 8, sigma=0.3))
 
 
-def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys):
+def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys, monkeypatch):
     demo, run, judge = setup
     judge2 = other_judge(tmp_path / "judge2.npz", judge)
     args = ["--run", str(run), "--input_path", str(demo / "test"), "--img_path", str(demo / "train"),
             "--judge", str(judge), "--judge2", str(judge2), "--best_of", "1,2", "--steps", "3",
             "--axes", "guidance", "--budget", "6", "--batch_size", "2"]
+    from jmodels import pipeline
+    generations, best_of = [], pipeline.best_of
+    monkeypatch.setattr(pipeline, "best_of", lambda *a, **k: generations.append(a[1]["candidates"]) or best_of(*a, **k))
     assert tune.main(args) == 0
     doc = json.loads((run / "test_flags.json").read_text())
     assert doc["flags"]["steps"] == 3 and "candidates" not in doc["flags"]  # the start differs from DEFAULTS
@@ -114,17 +117,19 @@ def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys):
     defaults, tuned, two = rep["rows"]
     assert [r["name"] for r in rep["rows"]] == ["defaults", "tuned", "tuned, best of 2"]
     assert [(r["candidates"], r["unet_calls"]) for r in rep["rows"]] == [(1, 6), (1, 6), (2, 12)]
-    # the winner is the start here (guidance within the noise on 2 images): one generation, the same row
+    # the winner is the start here (guidance within the noise on 2 images): the same row, generated once;
+    # the report half's 3 images in batches of 2: 2 calls for the defaults, 2 for best of 2, none for "tuned"
     assert tuned["label"] == "start" and tuned["judges"] == defaults["judges"] and tuned["judge_fd"] == defaults["judge_fd"]
+    assert generations == [1, 1, 2, 2]
     assert tuned["vs_first"][0] == {"mean": 0.0, "stderr": 0.0}
     # the judge FD of the report half against the 4 training photos: a positive distance
     assert defaults["judge_fd"] > 0 and two["judge_fd"] > 0 and defaults["style"]["stderr"] > 0
     # the second judge reads the same images otherwise
     assert abs(tuned["judges"][0]["mask_accuracy"]["mean"] - tuned["judges"][1]["mask_accuracy"]["mean"]) > 1e-3
-    # best of 2 holds candidate 0 (the plain output): by the picking judge, no image scores lower
-    assert two["vs_first"][0]["mean"] >= 0 and two["judges"][0]["total"]["mean"] >= tuned["judges"][0]["total"]["mean"]
-    assert two["vs_first"][0]["mean"] == pytest.approx(
-        two["judges"][0]["total"]["mean"] - defaults["judges"][0]["total"]["mean"], abs=1e-9)
+    # best of 2 holds candidate 0, the plain output (here the defaults'): under the picking judge each image's
+    # total is at least candidate 0's, so the paired gain is >= 0; the second judge did not pick: no such bound
+    assert two["vs_first"][0]["mean"] >= 0 and two["vs_first"][0]["stderr"] >= 0
+    assert two["vs_first"][1] != two["vs_first"][0]
     assert [r["label"] for r in doc["table"]] == ["start", "guidance=3.5", "guidance=1.5"]  # the budget: 3 x 2 images
     assert doc["split"]["tune"] == tune.split_halves(doc["split"]["tune"] + doc["split"]["report"], 0)[0]
     for r in doc["table"]:

@@ -170,11 +170,12 @@ def check_sources(args, run, stems, judge_meta):
     missing = [s for s in stems if not (args.results / f"{s}.jpg").is_file()]
     if missing:
         sys.exit(f"error: {args.results}: {len(missing)} output(s) missing, e.g. {missing[0]}.jpg; run test.py")
-    newest = max((run / k / "ckpt.npz").stat().st_mtime for k in ("vae", "ldm"))
+    made_of = [run / k / "ckpt.npz" for k in ("vae", "ldm")] + [p for p in [run / "test_flags.json"] if p.is_file()]
+    newest = max(p.stat().st_mtime for p in made_of)
     stale = [s for s in stems if (args.results / f"{s}.jpg").stat().st_mtime < newest]
     if stale:
-        sys.exit(f"error: {args.results}: {len(stale)} output(s) are older than the checkpoints, e.g. {stale[0]}.jpg; "
-                 "make them again (FORCE=test bash run.sh)")
+        sys.exit(f"error: {args.results}: {len(stale)} output(s) are older than the checkpoints or the tuned settings, "
+                 f"e.g. {stale[0]}.jpg; make them again (FORCE=test bash run.sh)")
     return (vae_meta, vae_groups), (ldm_meta, ldm_groups)
 
 
@@ -299,7 +300,8 @@ def main(argv=None):
     judge = load_judge(args.judge)
     try:
         items = dataset.list_test_items(args.test, args.data)
-        tuning = read_tuning(run, [it.stem for it in items])
+        held_out = {it.stem for it in items}  # never among the training photos below, either half
+        tuning = read_tuning(run, held_out)
         if tuning:  # the pairs the settings were tuned on are left out
             items = [it for it in items if it.stem in set(tuning["split"]["report"])]
         stems = [it.stem for it in items]
@@ -308,7 +310,7 @@ def main(argv=None):
         judge_meta = dict(judge[2], seen=len(set(stems) - set(judge[2].get("held_out", []))))
         stages = check_sources(args, run, stems, judge_meta)
         size = judge[1]  # training photos at the judge's size: enough for its features and for class colours
-        reals = real_images(args.data, exclude=set(stems), limit=MAX_REAL)
+        reals = real_images(args.data, exclude=held_out, limit=MAX_REAL)
         train_small = ([resized(dataset.read_image(p), size) for p in reals],
                        [resized(dataset.read_label(Path(args.data, "labels", f"{p.stem}.png")), size, Image.NEAREST)
                         for p in reals])

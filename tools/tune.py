@@ -295,7 +295,7 @@ def main(argv=None):
     except ValueError as e:
         sys.exit(f"error: {e}")
     few = fewest_calls(rows)
-    entries = [("defaults", start, 1)] + [("tuned" if n == 1 else f"tuned, best of {n}", winner, n) for n in ns]
+    entries = [("defaults", start, 1), ("tuned", winner, 1)] + [(f"tuned, best of {n}", winner, n) for n in ns if n > 1]
     rep = dict(n_images=len(halves[1]), judges=[cfg["judge"]] + ([cfg["judge2"]] if cfg["judge2"] else []),
                judge_fd_note=fd_note,
                rows=report_rows(pipe, judges, inputs[1], entries, cfg["seed"], cfg["batch_size"], judge_fd))
