@@ -172,7 +172,8 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
     assert "trained on 2 of these photos" in text  # the report half: the two the judge did not hold out
     n_real = len(dataset.list_train_pairs(data)) - len(stems)  # every held-out photo left out, the tuning half's too
     assert f"features of the outputs and of {n_real} training photos" in text
-    assert "| tuned, best of 4 | start | 0.6000 ± 0.0200 | 0.5000 ± 0.1000 | 0.2000 ± 0.0500 |" in text
+    assert ("| tuned, best of 4 | start | 0.6000 ± 0.0200 | 0.5000 ± 0.1000 | 0.2000 ± 0.0500 | 0.0000 ± 0.0000 "
+            "| 1.2500 | 4 | 0.50 |") in text  # style, the judge's three, judge FD, calls, s/image
     assert "within one standard error of the best setting searched (start, 0.2100 ± 0.0300): **4**" in text
     assert (run / "report/grid.png").is_file()
     with Image.open(run / "report/grid.png") as grid:

@@ -115,20 +115,16 @@ def read_tuning(run, stems):
 
 def tuning_markdown(doc):
     """tools/tune.py's tables as markdown: the report half's rows, the fewest calls, the search."""
+    from tools.tune import report_cells, report_heads
     rep, pm = doc["report"], lambda d: f"{d['mean']:.4f} ± {d['stderr']:.4f}"  # noqa: E731
-    names = [Path(j).parent.name or j for j in rep["judges"]]
-    heads = [f"{h} ({n})" for n in names for h in ("mask accuracy", "total", "total - defaults")]
+    heads = report_heads(rep)
     lines = ["## Tuning (`tools/tune.py`, `test_flags.json`)", "",
              f"Settings searched on {len(doc['split']['tune'])} pairs ({doc['rule']}), reported on the other "
              f"{rep['n_images']} (mean ± standard error over images; best of N picked by `{rep['judges'][0]}`; "
              f"judge FD: {rep['judge_fd_note']}):", "",
-             "| | settings | style | " + " | ".join(heads) + " | judge FD | UNet calls | s/image |",
-             "|---|---|" + "---:|" * (len(heads) + 4)]
+             "| | settings | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads)]
     for r in rep["rows"]:
-        cells = [pm(x) for j, d in zip(r["judges"], r["vs_first"]) for x in (j["mask_accuracy"], j["total"], d)]
-        fd = "-" if r["judge_fd"] is None else f"{r['judge_fd']:.3f}"
-        lines.append(f"| {r['name']} | {r['label']} | {pm(r['style'])} | " + " | ".join(cells)
-                     + f" | {fd} | {r['unet_calls']} | {r['seconds_per_image']:.2f} |")
+        lines.append(f"| {r['name']} | {r['label']} | " + " | ".join(report_cells(r, pm)) + " |")
     few = doc["fewest_calls"]
     lines += ["", f"Fewest UNet calls per image within one standard error of the best setting searched "
               f"({few['best_label']}, {pm(dict(mean=few['best_mean'], stderr=few['best_stderr']))}): "

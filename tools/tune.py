@@ -240,19 +240,29 @@ def print_results(rows, rep, few, flags):
     print("flags: " + (", ".join(f"{k}={entry.fmt(v)}" for k, v in flags.items()) or "none (the defaults stay)"))
 
 
+def report_cells(row, pm):
+    """One report-half row as cells: style, then per judge mask accuracy, total and total - defaults,
+    then judge FD, UNet calls and seconds per image (pm formats a mean and its standard error)."""
+    fd = "-" if row["judge_fd"] is None else f"{row['judge_fd']:.4f}"
+    return ([pm(row["style"])]
+            + [pm(x) for j, d in zip(row["judges"], row["vs_first"]) for x in (j["mask_accuracy"], j["total"], d)]
+            + [fd, str(row["unet_calls"]), f"{row['seconds_per_image']:.2f}"])
+
+
+def report_heads(rep):
+    names = [Path(j).parent.name or j for j in rep["judges"]]
+    return (["style"] + [f"{h} ({n})" for n in names for h in ("mask acc", "total", "vs defaults")]
+            + ["judge FD", "calls", "s/img"])
+
+
 def print_report(rep):
     """The report half's table: mean ± stderr over its images; best of N picked by the first judge."""
     pm = lambda d: f"{d['mean']:.4f}±{d['stderr']:.4f}"  # noqa: E731
-    names = [Path(j).parent.name or j for j in rep["judges"]]
-    heads = [f"{h} ({name})" for name in names for h in ("mask acc", "total", "vs first")]
     print(f"report half ({rep['n_images']} images), best of N picked by {rep['judges'][0]}; "
           f"judge FD: {rep['judge_fd_note']}")
-    print(f"{'':18s} {'style':>15s} " + " ".join(f"{h:>22s}" for h in heads) + f" {'judge FD':>9s} {'calls':>6s} {'s/img':>6s}")
+    print(f"{'':18s} " + " ".join(f"{h:>22s}" for h in report_heads(rep)))
     for r in rep["rows"]:
-        fd = "-" if r["judge_fd"] is None else f"{r['judge_fd']:.4f}"
-        cells = [pm(x) for j, d in zip(r["judges"], r["vs_first"]) for x in (j["mask_accuracy"], j["total"], d)]
-        print(f"{r['name'][:18]:18s} {pm(r['style']):>15s} " + " ".join(f"{c:>22s}" for c in cells)
-              + f" {fd:>9s} {r['unet_calls']:6d} {r['seconds_per_image']:6.2f}")
+        print(f"{r['name'][:18]:18s} " + " ".join(f"{c:>22s}" for c in report_cells(r, pm)))
 
 
 def main(argv=None):
