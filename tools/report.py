@@ -281,18 +281,18 @@ def main(argv=None):
     ap.add_argument("--judge", default="runs/judge/ckpt.npz", help="stand-in segmenter (tools/train_segmenter.py)")
     ap.add_argument("--flags", default="", help="the test.py flags the results were made with")
     args = ap.parse_args(argv)
-    import dataset
-    from jmodels.atomic import atomic_file
     from jmodels.runtime import init_jittor
-    from tools.evaluate import judge_statistics, real_images, resized, score
-    from jmodels.segmenter import load_judge
-
-    run, out = Path(args.run), Path(args.run) / "report"
-    args.results = Path(args.results) if args.results else run / "results"
     if not Path(args.judge).is_file():
         sys.exit(f"error: {args.judge}: no judge; train one first: "
                  f"python tools/train_segmenter.py --data {args.data} --out {Path(args.judge).parent}")
-    init_jittor()
+    init_jittor()  # before anything imports Jittor: it routes CUDA (a CPU machine with nvcc must not try it)
+    import dataset
+    from jmodels.atomic import atomic_file
+    from jmodels.segmenter import load_judge
+    from tools.evaluate import judge_statistics, real_images, resized, score
+
+    run, out = Path(args.run), Path(args.run) / "report"
+    args.results = Path(args.results) if args.results else run / "results"
     judge = load_judge(args.judge)
     try:
         items = dataset.list_test_items(args.test, args.data)
