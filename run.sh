@@ -5,7 +5,8 @@
 #   FORCE="ldm test" bash run.sh                   redo the named stages
 #   GPUS=4 bash run.sh                             train on 4 GPUs (MPI data parallelism; NP=N: CPU processes)
 #   SCALE=small bash run.sh                        the proof that it learns: ../shared/data/gaugan_proxy at 128x96,
-#                                                  about 2 h on 2 CPU cores, scored on held-out pairs (report.md)
+#                                                  about 2 h on 2 CPU cores with NP=2 (judges and tuning included),
+#                                                  scored on held-out pairs (report.md)
 #   SCALE=full DATA=<train> TEST=<test> bash run.sh   the contest recipe at 512x384, on GPUs
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
