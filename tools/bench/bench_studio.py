@@ -8,7 +8,8 @@ Starts the real server (`tools/studio.py --port 0`, a subprocess) and times it u
 for the first test labels with their own references, as the page does (POST /api/generate, poll
 /api/job every 50 ms, GET the result JPEG), and prints, per request and as min / median / max:
 submit -> JPEG received, the server's own generation seconds (the job's "seconds": encode, sample,
-decode, score) and the ratio of the two (what HTTP, the queue and polling add).
+decode, score), the ratio of the two (what HTTP, the queue and polling add) and the job's network
+calls (one per sampling step, the guided pair in one batch: half of test.py's UNet rows).
 """
 import argparse
 import json
@@ -57,7 +58,7 @@ def main():
         info = call(url + "/api/info")
         print(f"run {info['run']}\nstudio ready in {ready:.1f} s (the run loaded, the warm-up generation done)")
         items = call(url + "/api/test_labels")["items"][:args.requests]
-        print(f"{'label':>12s} {'submit->JPEG s':>15s} {'server s':>9s} {'ratio':>6s} {'UNet calls':>11s}")
+        print(f"{'label':>12s} {'submit->JPEG s':>15s} {'server s':>9s} {'ratio':>6s} {'net calls':>11s}")
         walls, inner = [], []
         for it in items:
             t = time.perf_counter()
