@@ -28,6 +28,9 @@ def use_gpu():
     return os.environ.get("FORCE_CPU", "0") in ("", "0") and gpu_present()
 
 
+_configured = False  # configure_env ran in this process (before Jittor's first import, if init_jittor checked)
+
+
 def configure_env(gpu):
     """Environment for Jittor's import. Without a GPU, an nvcc on the PATH must be hidden or the
     import crashes looking for libcudart; with one, set-up's CUDA route is applied (nvcc_path,
@@ -36,6 +39,8 @@ def configure_env(gpu):
     GPUs: there it all-reduces the gradients on the devices and gives each rank its own GPU. With
     NCCL turned off (use_nccl=0), each rank is given the GPU of its local rank here instead, and
     Jittor all-reduces through host memory."""
+    global _configured
+    _configured = True
     if not gpu:
         os.environ["nvcc_path"] = ""
     else:
@@ -80,6 +85,10 @@ def init_jittor(seed=None, precision="fp32"):
     gives cuDNN and cuBLAS inputs of two dtypes. On the CPU all modes compute in fp32. Returns jittor."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if "jittor" in sys.modules and not _configured:  # it read an unconfigured environment at its import
+        raise RuntimeError("Jittor was imported before jmodels.runtime.init_jittor() configured it: call "
+                           "init_jittor() first in the entry script, before importing any module that imports "
+                           "Jittor (jmodels.layers, unet, vae, segmenter, generate, ...)")
     gpu = use_gpu()
     configure_env(gpu)
     if gpu and precision == "fp32":

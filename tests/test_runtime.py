@@ -77,6 +77,19 @@ def test_jittor_starts_on_the_cpu_and_convolves():
     assert out.stdout.strip().splitlines()[-1] == "0 [1,3,4,4,] 18.0 8.0"  # interior 2*9, corner 2*4
 
 
+def test_jittor_imported_before_init_jittor_is_an_error_not_a_silent_misconfiguration():
+    """An entry script that imports a Jittor-importing module first (as report.py once did through
+    jmodels.segmenter) started Jittor without set-up's CUDA route; init_jittor must say so."""
+    code = ("import jittor\n"
+            "from jmodels.runtime import init_jittor\n"
+            "try:\n    init_jittor()\nexcept RuntimeError as e:\n    print('raised:', e)\n")
+    env = {**os.environ, "nvcc_path": ""}  # so that the early import itself does not crash on this machine
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("raised: Jittor was imported before jmodels.runtime.init_jittor()")
+
+
 def test_memory_counts_resident_bytes_and_live_vars():
     import mmap
     import numpy as np
