@@ -360,7 +360,8 @@ def stages(names, out):
 
 
 def _stage_import():
-    import jittor as jt
+    from jmodels.runtime import init_jittor
+    jt = init_jittor(seed=0)  # the project's start, as on a GPU machine (the fake nvidia-smi lists one)
     from jittor import compile_extern as ce
     flags = jt.flags.nvcc_flags
     detail = {"cuda_archs": list(jt.flags.cuda_archs), "has_cuda": bool(jt.has_cuda),
