@@ -28,7 +28,7 @@ def use_gpu():
     return os.environ.get("FORCE_CPU", "0") in ("", "0") and gpu_present()
 
 
-_configured = False  # configure_env ran in this process (before Jittor's first import, if init_jittor checked)
+_configured = False  # init_jittor configured the environment in this process (before Jittor's first import)
 
 
 def configure_env(gpu):
@@ -39,8 +39,6 @@ def configure_env(gpu):
     GPUs: there it all-reduces the gradients on the devices and gives each rank its own GPU. With
     NCCL turned off (use_nccl=0), each rank is given the GPU of its local rank here instead, and
     Jittor all-reduces through host memory."""
-    global _configured
-    _configured = True
     if not gpu:
         os.environ["nvcc_path"] = ""
     else:
@@ -83,6 +81,7 @@ def init_jittor(seed=None, precision="fp32"):
           parameters stay fp32; fp16 adds the optimizer's dynamic loss scale, bf16 needs none.
     Jittor's automatic mixed precision (amp_level) stays off: it turns fp32-by-fp32 ops into fp16 and
     gives cuDNN and cuBLAS inputs of two dtypes. On the CPU all modes compute in fp32. Returns jittor."""
+    global _configured
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if "jittor" in sys.modules and not _configured:  # it read an unconfigured environment at its import
@@ -91,6 +90,7 @@ def init_jittor(seed=None, precision="fp32"):
                            "Jittor (jmodels.layers, unet, vae, segmenter, generate, ...)")
     gpu = use_gpu()
     configure_env(gpu)
+    _configured = True
     if gpu and precision == "fp32":
         os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # read by cuBLAS and cuDNN when they start
     import jittor as jt

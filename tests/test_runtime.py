@@ -81,7 +81,8 @@ def test_jittor_imported_before_init_jittor_is_an_error_not_a_silent_misconfigur
     """An entry script that imports a Jittor-importing module first (as report.py once did through
     jmodels.segmenter) started Jittor without set-up's CUDA route; init_jittor must say so."""
     code = ("import jittor\n"
-            "from jmodels.runtime import init_jittor\n"
+            "from jmodels.runtime import configure_env, init_jittor\n"
+            "configure_env(gpu=False)\n"  # configuring after the import does not make it right
             "try:\n    init_jittor()\nexcept RuntimeError as e:\n    print('raised:', e)\n")
     env = {**os.environ, "nvcc_path": ""}  # so that the early import itself does not crash on this machine
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
