@@ -9,8 +9,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 
 def gpu_present():
@@ -94,6 +96,7 @@ def init_jittor(seed=None, precision="fp32"):
     if gpu and precision == "fp32":
         os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # read by cuBLAS and cuDNN when they start
     import jittor as jt
+    _restore_sigchld()
     jt.flags.use_cuda = int(gpu and jt.has_cuda)
     if jt.flags.use_cuda:
         if precision in HALF and not _jittor_patched():
@@ -104,6 +107,15 @@ def init_jittor(seed=None, precision="fp32"):
     if seed is not None:
         jt.set_global_seed(seed)
     return jt
+
+
+def _restore_sigchld():
+    """Jittor's import installs a SIGCHLD handler that quick-exits the whole process with status 1, output
+    unflushed, when any child ends by a signal: meant for its own dataset workers (we load with threads), it
+    would end test.py, report.py or pytest silently when a subprocess is killed on its timeout or by the
+    OOM killer. Children's deaths go back to being return codes."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _jittor_patched():

@@ -91,6 +91,20 @@ def test_jittor_imported_before_init_jittor_is_an_error_not_a_silent_misconfigur
     assert out.stdout.strip().splitlines()[-1].startswith("raised: Jittor was imported before jmodels.runtime.init_jittor()")
 
 
+def test_a_child_killed_by_a_signal_is_a_return_code_not_the_end_of_the_process():
+    """Jittor's SIGCHLD handler quick-exits with status 1 when a child dies by a signal: the CI run of
+    3eb008c ended so inside tests/test_parallel.py, pytest's output unflushed. init_jittor puts it back."""
+    code = ("import subprocess\n"
+            "from jmodels.runtime import init_jittor\n"
+            "init_jittor()\n"
+            "try:\n    subprocess.run(['sleep', '30'], timeout=0.5)\n"
+            "except subprocess.TimeoutExpired:\n    pass\n"  # killed with SIGKILL on its timeout
+            "print('killed:', subprocess.run(['sh', '-c', 'kill -9 $$']).returncode)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "killed: -9"
+
+
 def test_memory_counts_resident_bytes_and_live_vars():
     import mmap
     import numpy as np
