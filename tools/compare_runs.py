@@ -38,19 +38,11 @@ DEFAULTS = dict(
 
 def scored(pipe, judge, inputs, seed, batch_size):
     """(mask accuracies, styles, images) of `inputs` generated with test.py's defaults."""
-    from jmodels import pipeline
-    stems, labels, refs, ref_labels = inputs
     settings = {k: entry.DEFAULTS[k] for k in (*tune.SEARCHED, "without")}
     settings.update(refine=tuple(float(r) for r in settings["refine"]), seed=seed)
-    acc, style, images = [], [], []
-    for i in range(0, len(stems), batch_size):
-        sl = slice(i, i + batch_size)
-        out, _ = pipeline.generate(pipe, settings, stems[sl], labels[sl], refs[sl], ref_labels[sl])
-        for a, s in pipeline.judge_scores(judge, out, labels[sl], refs[sl]):
-            acc.append(a)
-            style.append(s)
-        images += out
-    return acc, style, images
+    images, judged, _ = tune.generate_judged(pipe, judge, settings, inputs, batch_size)
+    acc, style = zip(*judged)
+    return list(acc), list(style), images
 
 
 def table(names, results):

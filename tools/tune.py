@@ -140,20 +140,29 @@ def fewest_calls(rows):
                 best_label=top["label"], best_mean=top["mean"], best_stderr=top["stderr"])
 
 
-def scorer(pipe, judge, inputs, seed, batch_size):
-    """evaluate(settings) for `search`: generates `inputs` (stems, labels, refs, ref_labels) in batches."""
+def generate_judged(pipe, judge, settings, inputs, batch_size):
+    """(images, (mask accuracy, style) per image, UNet calls per image) of `inputs` (stems, labels, refs,
+    ref_labels) generated in batches with the generation `settings`."""
     from jmodels import pipeline
     stems, labels, refs, ref_labels = inputs
+    images, judged, calls = [], [], 0
+    for i in range(0, len(stems), batch_size):
+        sl = slice(i, i + batch_size)
+        out, calls = pipeline.generate(pipe, settings, stems[sl], labels[sl], refs[sl], ref_labels[sl])
+        judged += pipeline.judge_scores(judge, out, labels[sl], refs[sl])
+        images += out
+    return images, judged, calls
+
+
+def scorer(pipe, judge, inputs, seed, batch_size):
+    """evaluate(settings) for `search`: the per-image totals of `inputs` generated with `settings`."""
+    from jmodels.pipeline import candidate_score
 
     def evaluate(settings):
+        t0 = time.time()
         gen = {"without": entry.DEFAULTS["without"], **settings, "seed": seed}
-        scores, calls, t0 = [], 0, time.time()
-        for i in range(0, len(stems), batch_size):
-            sl = slice(i, i + batch_size)
-            images, calls = pipeline.generate(pipe, gen, stems[sl], labels[sl], refs[sl], ref_labels[sl])
-            scores += [pipeline.candidate_score(a, s)
-                       for a, s in pipeline.judge_scores(judge, images, labels[sl], refs[sl])]
-        return scores, calls, (time.time() - t0) / len(stems)
+        _, judged, calls = generate_judged(pipe, judge, gen, inputs, batch_size)
+        return [candidate_score(a, s) for a, s in judged], calls, (time.time() - t0) / len(inputs[0])
     return evaluate
 
 
