@@ -160,15 +160,17 @@ def train_step(run, micro_batches):
     lr = lr_at(run.step, cfg["lr"], cfg["warmup_steps"], cfg["max_steps"], cfg["lr_floor"])  # from the step alone
     run.opt.lr = lr
     rng = np.random.default_rng([cfg["seed"], run.step])
+    unet = autocast(run.model, cfg["precision"])
+
+    def model_fn(x_t, t, c):  # t stays numpy for the loss weights; the network takes a Var
+        return unet(x_t, jt.array(t), c["mask"], c["style"])
+
     total = 0.0
     for batch in micro_batches:
         z, mask, style, t = make_inputs(run, batch, rng)
         z = jt.array(z)
         eps = parallel.randn(z.shape)
-        x_t = run.diffusion.q_sample(z, t, eps)
-        out = autocast(run.model, cfg["precision"])(x_t, jt.array(t), jt.array(mask), jt.array(style))
-        mse = (out - run.diffusion.target(z, eps, t)).sqr().mean(dims=[1, 2, 3])
-        loss = (mse * jt.array(run.diffusion.loss_weight(t))).mean()
+        loss = run.diffusion.loss(model_fn, z, t, eps, {"mask": jt.array(mask), "style": jt.array(style)})
         run.opt.backward(loss / accum)
         total += loss.item() / accum
     run.opt.step()

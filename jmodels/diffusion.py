@@ -1,6 +1,7 @@
 """Gaussian diffusion math: the noise schedule in float64 numpy, q_sample, training targets, min-SNR
-weights and conversions between x0, eps and v. It never owns the network; conditioning travels as
-an opaque dict that is only forwarded. Works on numpy arrays and Jittor Vars alike.
+weights, the training loss and conversions between x0, eps and v. It never owns the network (the
+loss takes it as a function); conditioning travels as an opaque dict that is only forwarded. Works
+on numpy arrays and Jittor Vars alike.
 
 Notation (Ho et al. 2020; Salimans & Ho 2022): alphas_cumprod[t] = abar_t, x_t = sqrt(abar_t) x0 +
 sqrt(1 - abar_t) eps, v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0. Min-SNR-gamma weighting:
@@ -43,6 +44,14 @@ def _bcast(values, x):
         return v
     import jittor as jt
     return jt.array(v)
+
+
+def _mean_sq(d):
+    """Mean of d^2 over all but the batch dimension: (B, ...) -> (B,)."""
+    dims = tuple(range(1, len(d.shape)))
+    if isinstance(d, np.ndarray):
+        return (d * d).mean(axis=dims)
+    return d.sqr().mean(dims=dims)
 
 
 class GaussianDiffusion:
@@ -91,6 +100,15 @@ class GaussianDiffusion:
         w = np.minimum(snr, self.config.min_snr_gamma)
         w = w / snr if self.config.prediction == "eps" else w / (snr + 1.0)
         return w.astype(np.float32)
+
+    def loss(self, model_fn, x0, t, eps, cond):
+        """The training loss, a scalar: the batch mean of loss_weight(t) times each sample's MSE between
+        `model_fn(x_t, t, cond)`, x_t = q_sample(x0, t, eps), and the target (guided-diffusion's
+        `training_losses`, k-diffusion's `Denoiser.loss`). t: integer timesteps (B,) as numpy, passed
+        to model_fn as they are; `cond` is only forwarded to model_fn."""
+        out = model_fn(self.q_sample(x0, t, eps), t, cond)
+        mse = _mean_sq(out - self.target(x0, eps, t))  # (B,)
+        return (mse * _bcast(self.loss_weight(t), mse)).mean()
 
 
 def spaced_timesteps(alphas_cumprod, steps, strength=1.0, spacing="logsnr"):

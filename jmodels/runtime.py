@@ -133,8 +133,9 @@ def autocast(model, precision):
     """`model` as a function that runs its Conv2d and Linear layers in 16-bit on a GPU (bf16, fp16), as
     PyTorch's autocast does: each such layer's input and parameters are cast to the 16-bit dtype for the
     call (the parameters stay fp32 Vars, their gradients come back fp32 through the casts), GroupNorm
-    runs in fp32, and float outputs come back fp32. fp32, tf32 and the CPU: `model` itself.
-        loss = diffusion.loss(autocast(unet, cfg["precision"]), ...)   # instead of passing unet"""
+    runs in fp32, and float outputs come back fp32. fp32, tf32 and the CPU: `model` itself. As train_ldm.py:
+        unet = autocast(run.model, cfg["precision"])   # called where run.model was
+        loss = diffusion.loss(lambda x_t, t, c: unet(x_t, jt.array(t), c["mask"], c["style"]), z, t, eps, cond)"""
     import jittor as jt
     dtype = HALF.get(precision)
     if dtype is None or not jt.flags.use_cuda:

@@ -4,6 +4,9 @@ Every sampler takes `denoise(x_t, t) -> (x0_hat, eps_hat)` (see `GaussianDiffusi
 the starting latent, the descending integer timesteps and the schedule's `alphas_cumprod`, and
 returns the final x0. The last step always goes to abar = 1 (no noise). Arrays may be numpy or
 Jittor Vars: only arithmetic is used, and randomness comes in through `noise(shape)`.
+`callback({"i", "t", "x", "denoised"})`, if given, sees each step after its network call: the latent
+x at timestep t = timesteps[i] and the x0 predicted from it (k-diffusion's convention); what it
+returns is ignored.
 Guidance (`cfg_denoiser`) wraps the model function; it is never hidden in the conditioning.
 
 Notation: abar_t = alphas_cumprod[t], alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t),
@@ -24,7 +27,7 @@ def noised_start(x0, t_start, alphas_cumprod, noise):
     return math.sqrt(a) * x0 + math.sqrt(1.0 - a) * noise
 
 
-def ddim(denoise, x, timesteps, alphas_cumprod, eta=0.0, noise=None):
+def ddim(denoise, x, timesteps, alphas_cumprod, eta=0.0, noise=None, callback=None):
     """DDIM (Song, Meng & Ermon 2021, eq. 12): deterministic for eta = 0, DDPM-like for eta = 1.
 
     x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps + s z,
@@ -37,6 +40,7 @@ def ddim(denoise, x, timesteps, alphas_cumprod, eta=0.0, noise=None):
         t_prev = ts[i + 1] if i + 1 < len(ts) else None
         a, a_prev = _abar(alphas_cumprod, t), _abar(alphas_cumprod, t_prev)
         x0, eps = denoise(x, t)
+        _report(callback, i, t, x, x0)
         s = eta * math.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev)) if t_prev is not None else 0.0
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - s * s, 0.0)) * eps
         if s > 0:
@@ -44,7 +48,7 @@ def ddim(denoise, x, timesteps, alphas_cumprod, eta=0.0, noise=None):
     return x
 
 
-def dpmpp_2m(denoise, x, timesteps, alphas_cumprod):
+def dpmpp_2m(denoise, x, timesteps, alphas_cumprod, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), data prediction, multistep.
 
     With h_i = lambda_{t_i} - lambda_{t_{i-1}} and r_i = h_{i-1} / h_i:
@@ -56,6 +60,7 @@ def dpmpp_2m(denoise, x, timesteps, alphas_cumprod):
     x0_prev, h_prev = None, None
     for i, t in enumerate(ts):
         x0, _ = denoise(x, t)
+        _report(callback, i, t, x, x0)
         if i + 1 == len(ts):
             return x0
         a, a_next = _abar(alphas_cumprod, t), _abar(alphas_cumprod, ts[i + 1])
@@ -69,6 +74,11 @@ def dpmpp_2m(denoise, x, timesteps, alphas_cumprod):
         x = math.sqrt((1 - a_next) / (1 - a)) * x - math.sqrt(a_next) * math.expm1(-h) * d
         x0_prev, h_prev = x0, h
     return x
+
+
+def _report(callback, i, t, x, x0):
+    if callback is not None:
+        callback({"i": i, "t": t, "x": x, "denoised": x0})
 
 
 SAMPLERS = {"ddim": ddim, "dpmpp_2m": dpmpp_2m}
@@ -88,7 +98,7 @@ def cfg_denoiser(model_fn, to_x0_eps, cond, scale, drop, concat):
 
     def denoise(x, t):
         n = x.shape[0]
-        if scale == 1.0 or not drop:
+        if not is_guided(scale, drop):
             out = model_fn(x, _steps(t, n), cond)
         else:
             out2 = model_fn(concat([x, x]), _steps(t, 2 * n), both)
@@ -97,6 +107,12 @@ def cfg_denoiser(model_fn, to_x0_eps, cond, scale, drop, concat):
         return to_x0_eps(out, x, _steps(t, n))
 
     return denoise
+
+
+def is_guided(scale, drop):
+    """Whether `cfg_denoiser` runs the conditional and unconditional rows (two network rows per image
+    and step); otherwise it runs the conditional model alone (one)."""
+    return scale != 1.0 and bool(drop)
 
 
 def _steps(t, n):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jmodels.diffusion import DiffusionConfig, GaussianDiffusion, spaced_timesteps
-from jmodels.samplers import cfg_denoiser, ddim, dpmpp_2m, noised_start
+from jmodels.samplers import cfg_denoiser, ddim, dpmpp_2m, is_guided, noised_start
 
 MU, S = 0.7, 0.5
 D = GaussianDiffusion(DiffusionConfig(prediction="eps"))
@@ -61,6 +61,28 @@ def test_min_snr_weights_closed_form():
     np.testing.assert_allclose(v_w, [5 / (snr[0] + 1), snr[1] / (snr[1] + 1)], rtol=1e-6)
     off = GaussianDiffusion(DiffusionConfig(min_snr_gamma=0)).loss_weight(t)
     np.testing.assert_array_equal(off, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_loss_is_the_min_snr_weighted_mse_on_the_target(prediction):
+    d = GaussianDiffusion(DiffusionConfig(prediction=prediction, min_snr_gamma=5))
+    rng = np.random.default_rng(2)
+    x0, eps, t = rng.standard_normal((2, 2, 3)), rng.standard_normal((2, 2, 3)), np.array([0, 999])
+    cond, seen = {"mask": object()}, []
+
+    def exact(x_t, t_in, c):
+        seen.append((x_t, t_in, c))
+        return d.target(x0, eps, t)
+    assert d.loss(exact, x0, t, eps, cond) == 0.0
+    (x_t, t_in, c), = seen
+    np.testing.assert_array_equal(x_t, d.q_sample(x0, t, eps))
+    assert t_in is t and c is cond  # the timesteps and the conditions go to the network untouched
+    a, s = np.sqrt(AC[t])[:, None, None], np.sqrt(1 - AC[t])[:, None, None]
+    target = eps if prediction == "eps" else a * eps - s * x0
+    snr = AC[t] / (1 - AC[t])
+    w = np.minimum(snr, 5) / (snr if prediction == "eps" else snr + 1)
+    by_hand = np.mean(w * (target ** 2).mean(axis=(1, 2)))
+    assert d.loss(lambda *_: np.zeros_like(x0), x0, t, eps, cond) == pytest.approx(by_hand, rel=1e-6)
 
 
 def test_spaced_timesteps():
@@ -137,6 +159,18 @@ def test_point_mass_data_is_returned_exactly():
         np.testing.assert_allclose(sampler(point, start(10), spaced_timesteps(AC, 7), AC), 0.25, atol=1e-9)
 
 
+@pytest.mark.parametrize("sampler", [ddim, dpmpp_2m])
+def test_callback_sees_every_step_and_changes_nothing(sampler):
+    x_T, ts, seen = start(50), spaced_timesteps(AC, 6), []
+    out = sampler(exact_denoise, x_T, ts, AC, callback=seen.append)
+    np.testing.assert_array_equal(out, sampler(exact_denoise, x_T, ts, AC))
+    assert [s["i"] for s in seen] == list(range(6)) and [s["t"] for s in seen] == list(ts)
+    np.testing.assert_array_equal(seen[0]["x"], x_T)  # each step's input latent and its x0
+    for s in seen:
+        np.testing.assert_array_equal(s["denoised"], exact_denoise(s["x"], s["t"])[0])
+    np.testing.assert_array_equal(seen[-1]["denoised"], out)  # the last step lands on abar = 1
+
+
 def make_model():
     calls = []
 
@@ -146,16 +180,17 @@ def make_model():
     return model_fn, calls
 
 
-def test_guidance_scale_one_is_the_conditional_model():
+@pytest.mark.parametrize("scale,drop", [(1.0, {"mask": np.zeros_like}), (3.0, {})])
+def test_guidance_scale_one_or_nothing_dropped_is_the_conditional_model(scale, drop):
     model_fn, calls = make_model()
     cond = {"mask": np.array([[2.0], [3.0]]), "style": np.array([[0.5], [1.0]])}
-    den = cfg_denoiser(model_fn, D.to_x0_eps, cond, 1.0, {"mask": np.zeros_like}, np.concatenate)
+    den = cfg_denoiser(model_fn, D.to_x0_eps, cond, scale, drop, np.concatenate)
     x = np.array([[1.0], [2.0]])
     x0, eps = den(x, 500)
     x0_ref, eps_ref = D.to_x0_eps(model_fn(x, np.full(2, 500), cond), x, np.full(2, 500))
     np.testing.assert_array_equal(x0, x0_ref)
     np.testing.assert_array_equal(eps, eps_ref)
-    assert calls == [2, 2]
+    assert calls == [2, 2] and not is_guided(scale, drop)  # one call of B rows, as calls_per_image counts
 
 
 def test_guidance_batches_conditional_and_unconditional_calls():
@@ -164,7 +199,7 @@ def test_guidance_batches_conditional_and_unconditional_calls():
     x = np.array([[1.0], [2.0]])
     den = cfg_denoiser(model_fn, D.to_x0_eps, cond, 3.0, {"mask": np.zeros_like}, np.concatenate)
     _, eps = den(x, 500)
-    assert calls == [4]  # one batched call
+    assert calls == [4] and is_guided(3.0, {"mask": np.zeros_like})  # one batched call
     out_c = model_fn(x, None, cond)
     out_u = model_fn(x, None, {"mask": np.zeros((2, 1)), "style": cond["style"]})
     np.testing.assert_allclose(eps, out_u + 3.0 * (out_c - out_u))  # eps prediction: eps is the output

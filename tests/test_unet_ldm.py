@@ -93,11 +93,10 @@ def fixed_loss(run, b, t=(150, 600)):
     z, mask, style, _ = train_ldm.make_inputs(run, b, np.random.default_rng(7))
     t = np.array(t)
     eps = jt.array(np.random.default_rng(8).standard_normal(z.shape).astype(np.float32))
-    z = jt.array(z)
+    cond = {"mask": jt.array(mask), "style": jt.array(style)}
     with jt.no_grad():
-        out = run.model(run.diffusion.q_sample(z, t, eps), jt.array(t), jt.array(mask), jt.array(style))
-        mse = (out - run.diffusion.target(z, eps, t)).sqr().mean(dims=[1, 2, 3])
-        return float((mse * jt.array(run.diffusion.loss_weight(t))).mean())
+        return float(run.diffusion.loss(lambda x_t, t, c: run.model(x_t, jt.array(t), c["mask"], c["style"]),
+                                        jt.array(z), t, eps, cond))
 
 
 def test_tiny_unet_overfits_one_batch():
@@ -133,7 +132,7 @@ def test_ldm_resume_matches_the_uninterrupted_run(tmp_path):
         train_ldm.resume(other_vae, tmp_path / "ckpt.npz")
 
 
-def test_sampling_counts_calls_and_is_deterministic():
+def test_sampling_counts_calls_reports_progress_and_is_deterministic():
     from jmodels.checkpoint import load_into
     from jmodels.conditioning import conditions
     from jmodels.diffusion import spaced_timesteps
@@ -144,20 +143,31 @@ def test_sampling_counts_calls_and_is_deterministic():
     z_ref = generate.encode_mean(run.vae, b["image"], 1.0)
     cond = conditions(b["label"], np.zeros((2, 32, 48, 3), np.uint8), z_ref)
     noise = np.random.default_rng(0).standard_normal(z_ref.shape).astype(np.float32)
+    ac = run.diffusion.alphas_cumprod
     z1, calls = generate.sample(unet, run.diffusion, cond, noise, steps=5, guidance=2.0)
     assert (calls, unet.calls, unet.rows) == (10, 5, 20)  # 5 batched guided calls of 2 x 2 rows
-    z2, _ = generate.sample(run.model, run.diffusion, cond, noise, steps=5, guidance=2.0)
+    assert generate.calls_per_image(ac, 5, [1.0], guidance=2.0) == calls
+    seen = []
+    z2, _ = generate.sample(run.model, run.diffusion, cond, noise, steps=5, guidance=2.0, callback=seen.append)
     assert z1.shape == z_ref.shape
-    np.testing.assert_array_equal(z1, z2)
+    np.testing.assert_array_equal(z1, z2)  # neither the counting wrapper nor the callback changes the sample
+    assert [(s["i"], s["t"], s["calls"], s["steps"]) for s in seen] == [
+        (i, t, 2 * (i + 1), 5) for i, t in enumerate(spaced_timesteps(ac, 5))]
+    np.testing.assert_array_equal(seen[-1]["denoised"].numpy(), z2)  # DPM-Solver++(2M) returns the last x0
     z_zero, _ = generate.sample(ldm_state().model, run.diffusion, cond, noise, steps=5, guidance=2.0)
     assert np.abs(z_zero - z1).max() > 1e-2  # the sample depends on the network, not only on the noise
     unet = CountingUNet(run.model)
     _, calls = generate.sample(unet, run.diffusion, cond, noise, steps=5, guidance=1.0)
-    assert (calls, unet.rows) == (5, 10)
+    assert (calls, unet.rows) == (5, 10) and generate.calls_per_image(ac, 5, [1.0], guidance=1.0) == calls
+    unet = CountingUNet(run.model)
+    _, calls = generate.sample(unet, run.diffusion, cond, noise, steps=3, guidance=2.0, drop=())
+    assert (calls, unet.rows) == (3, 6) and generate.calls_per_image(ac, 3, [1.0], guidance=2.0, drop=()) == calls
     unet = CountingUNet(run.model)
     _, calls = generate.sample(unet, run.diffusion, cond, noise, steps=20, strength=0.3, x_ref=z_ref)
-    n_ts = len(spaced_timesteps(run.diffusion.alphas_cumprod, 20, 0.3))
+    n_ts = len(spaced_timesteps(ac, 20, 0.3))
     assert calls == unet.rows // 2 == 2 * n_ts and n_ts < 20
+    assert generate.calls_per_image(ac, 20, [0.3]) == calls
+    assert generate.calls_per_image(ac, 20, [1.0, 0.3]) == 2 * 20 + calls  # a pass, then a refinement
     with pytest.raises(ValueError, match="needs x_ref"):
         generate.sample(run.model, run.diffusion, cond, noise, strength=0.5)
 
