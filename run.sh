@@ -22,7 +22,7 @@ DEMO_FLAGS="--train 120 --test 24 --seed 0"
 VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
 LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: README.md)
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
-TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/tune.py flags, e.g. "--budget 480" (held-out runs only)
+TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/experiments/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
 FORCE=${FORCE:-}              # stages to redo: data check vae ldm tune test picks report
 JUDGE=${JUDGE:-runs/judge}    # the stand-in judge (<folder>/ckpt.npz) that tunes, picks and reports: half a of DATA
@@ -30,22 +30,13 @@ JUDGE2=${JUDGE2:-runs/judge2} # a second judge (seed 1, half b) that scores best
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
 NP=${NP:-${GPUS:-1}}          # training processes on any device (CPU: NP=2); > 1 launches through mpirun
 # -------------------------------------------------------------------------------------------
-case $SCALE in
-    demo)  SCALE_VAE=""; SCALE_LDM="" ;;  # the scripts' own defaults
-    small) DATA=${DATA:-../shared/data/gaugan_proxy}; TEST=${TEST:-holdout}
-           SCALE_VAE="--max_steps 4000 --disc_start 2001 --sample_every 500 --ckpt_every 500"
-           SCALE_LDM="--max_steps 20000 --cache_latents 1 --sample_every 2500 --ckpt_every 1000" ;;
-    full)  SCALE_VAE="--size 512,384 --ch 128 --ch_mult 1,2,4,4 --num_res_blocks 2 --norm_groups 32
-                      --batch_size 8 --max_steps 100000 --disc_start 50001 --sample_every 2000 --ckpt_every 2000"
-           SCALE_LDM="--size 512,384 --ch 128 --ch_mult 1,2,3,4 --num_res_blocks 2 --attn_levels 2,3
-                      --head_dim 64 --spade_hidden 128 --batch_size 32 --max_steps 300000 --cache_latents 1
-                      --sample_every 5000 --ckpt_every 5000" ;;
-    *)     echo "error: SCALE=$SCALE: one of demo, small, full" >&2; exit 2 ;;
-esac
 
-if [ "$NP" -gt 1 ]; then bash tools/setup.sh --mpi; else bash tools/setup.sh; fi
+if [ "$NP" -gt 1 ]; then bash tools/env/setup.sh --mpi; else bash tools/env/setup.sh; fi
 PY=.venv/bin/python
-TRAIN="env NP=$NP bash tools/launch.sh $PY"  # the training stages, as NP processes
+# The recipe at this SCALE: jmodels/presets.py holds each stage's flags (demo: the scripts' own defaults)
+SCALE_VAE=$($PY -m jmodels.presets "$SCALE" vae) && SCALE_LDM=$($PY -m jmodels.presets "$SCALE" ldm) || exit 2
+[ "$SCALE" != small ] || { DATA=${DATA:-../shared/data/gaugan_proxy}; TEST=${TEST:-holdout}; }
+TRAIN="env NP=$NP bash tools/env/launch.sh $PY"  # the training stages, as NP processes
 mkdir -p "$RUN"
 
 forced() { [[ " $FORCE " == *" $1 "* ]]; }
@@ -66,7 +57,7 @@ if [ -z "$DATA" ]; then
     TEST=${TEST:-$DEMO/test}
     if [ ! -d "$DEMO" ] || forced data; then
         banner "data: generating the demo set in $DEMO"
-        $PY tools/make_demo_data.py --out "$DEMO" $DEMO_FLAGS $(forced data && echo --force)
+        $PY tools/data/make_demo_data.py --out "$DEMO" $DEMO_FLAGS $(forced data && echo --force)
     fi
 fi
 
@@ -92,7 +83,7 @@ if [ "$TEST" = holdout ]; then
     TEST="$RUN/holdout_test"
     if [ ! -f "$TEST/label_to_img.json" ] || forced test; then
         banner "holdout: the pairs this run never trained on, as a test set -> $TEST"
-        $PY tools/holdout_test.py --ckpt "$RUN/ldm/ckpt.npz" --out "$TEST"
+        $PY tools/data/holdout_test.py --ckpt "$RUN/ldm/ckpt.npz" --out "$TEST"
     fi
     REPORT=1
 fi
@@ -100,16 +91,16 @@ fi
 if [ -n "$REPORT" ]; then  # held-out pairs: tune test.py's settings on one half, report on the other
     if [ ! -f "$JUDGE/ckpt.npz" ]; then
         banner "judge: the stand-in segmenter that scores layouts (half a of DATA) -> $JUDGE/ckpt.npz"
-        timed judge $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE" --part a
+        timed judge $PY tools/eval/train_segmenter.py --data "$DATA" --out "$JUDGE" --part a
     fi
     if [ ! -f "$JUDGE2/ckpt.npz" ]; then
         banner "judge2: a second judge (seed 1, the other half b) for best of N -> $JUDGE2/ckpt.npz"
-        timed judge2 $PY tools/train_segmenter.py --data "$DATA" --out "$JUDGE2" --seed 1 --part b
+        timed judge2 $PY tools/eval/train_segmenter.py --data "$DATA" --out "$JUDGE2" --seed 1 --part b
     fi
     if forced tune || older "$RUN/test_flags.json"; then
         banner "tune: test.py's settings on half the held-out pairs -> $RUN/test_flags.json"
         redo tune "$RUN/test_flags.json"
-        timed tune $PY tools/tune.py --run "$RUN" --input_path "$TEST" --img_path "$DATA" \
+        timed tune $PY tools/experiments/tune.py --run "$RUN" --input_path "$TEST" --img_path "$DATA" \
             --judge "$JUDGE/ckpt.npz" --judge2 "$JUDGE2/ckpt.npz" $TUNE_FLAGS
     fi
 fi
@@ -128,7 +119,7 @@ if [ -n "$TEST" ] && { forced picks || [ ! -f "${RESULTS}_picks.txt" ]; }; then 
     banner "picks: 3 images for the expert vote, the best of different scenes -> ${RESULTS}_picks.png"
     PICK_JUDGE=()  # held-out runs: the judge trained on DATA above; else by style alone
     [ -z "$REPORT" ] || PICK_JUDGE=(--judge "$JUDGE/ckpt.npz")
-    timed picks $PY tools/select_picks.py --results "$RESULTS" --input_path "$TEST" --img_path "$DATA" --n 3 "${PICK_JUDGE[@]}"
+    timed picks $PY tools/eval/select_picks.py --results "$RESULTS" --input_path "$TEST" --img_path "$DATA" --n 3 "${PICK_JUDGE[@]}"
 fi
 
 if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md" || [ "$RUN/test_flags.json" -nt "$RUN/report.md" ]; }; then
@@ -136,7 +127,7 @@ if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md" || [ "$RUN/test
     if forced report || [ -f "$RUN/report.md" ]; then  # else an interrupted report resumes its ablations
         redo report "$RUN/report" "$RUN/report.md"
     fi
-    timed report $PY tools/report.py --run "$RUN" --data "$DATA" --test "$TEST" --results "$RESULTS" \
+    timed report $PY tools/eval/report.py --run "$RUN" --data "$DATA" --test "$TEST" --results "$RESULTS" \
         --judge "$JUDGE/ckpt.npz" --flags "$TEST_FLAGS"
 fi
 

@@ -13,8 +13,24 @@ import json
 import time
 from pathlib import Path
 
+import jittor as jt
 import numpy as np
 from tqdm import tqdm
+
+from jmodels import checkpoint, cli, generate, parallel, pipeline
+from jmodels.checkpoint import CheckpointError
+from jmodels.conditioning import STYLE_DIM, conditions, reference_crop
+from jmodels.data import BatchLoader, PairDataset, collate, split_stems
+from jmodels.diffusion import DiffusionConfig, GaussianDiffusion
+from jmodels.ema import EMA
+from jmodels.imageio import colorize, save_grid, to_uint8
+from jmodels.lr_schedule import lr_at
+from jmodels.optim import AdamW, LossScale
+from jmodels.plots import draw_curves
+from jmodels.runtime import autocast, init_jittor, memory
+from jmodels.train_state import TrainState
+from jmodels.unet import UNet, UNetConfig
+from jmodels.vae import posterior_sample
 
 # ---- defaults: the small CPU recipe of `bash run.sh`; the full-scale values are in README.md -----
 DEFAULTS = dict(
@@ -42,9 +58,6 @@ DEFAULTS = dict(
 
 
 def configs(cfg):
-    from jmodels.conditioning import STYLE_DIM
-    from jmodels.diffusion import DiffusionConfig
-    from jmodels.unet import UNetConfig
     unet = UNetConfig(ch=cfg["ch"], ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                       attn_levels=tuple(cfg["attn_levels"]), head_dim=cfg["head_dim"], style_dim=STYLE_DIM,
                       spade_hidden=cfg["spade_hidden"], norm_groups=cfg["norm_groups"], dropout=cfg["dropout"])
@@ -56,13 +69,6 @@ def configs(cfg):
 def new_state(cfg, unet_config, diffusion_config, vae, scale):
     """A fresh stage-2 run: the UNet, its EMA twin and optimizer; the frozen VAE, its latent scale and
     the diffusion schedule ride along as context (saved: the scale and the schedule's config)."""
-    import jittor as jt
-    from jmodels import parallel
-    from jmodels.diffusion import GaussianDiffusion
-    from jmodels.ema import EMA
-    from jmodels.optim import AdamW, LossScale
-    from jmodels.train_state import TrainState
-    from jmodels.unet import UNet
     model = UNet(unet_config)
     parallel.start_equal(model)
     fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
@@ -75,8 +81,6 @@ def new_state(cfg, unet_config, diffusion_config, vae, scale):
 
 def resume(run, path):
     """Resume stage 2 strictly: the same UNet, the same schedule and latents of the same autoencoder."""
-    from jmodels import pipeline
-    from jmodels.checkpoint import CheckpointError
 
     def check(meta):
         if meta["diffusion"] != run.diffusion.config.to_dict():
@@ -84,14 +88,13 @@ def resume(run, path):
                                   f"{run.diffusion.config.to_dict()}; use another --out or the same flags")
         pipeline.check_latent_scale(path, meta, run.scale, "this --vae")
 
-    return run.load(path, check, pipeline.load_unet_weights)
+    return run.load(path, check)
 
 
 def latent_cache(vae, train_set, path, batch_size, source):
     """Posterior mean and log-variance of every training image, unflipped and flipped, as one
     pickle-free file that every rank reads: (N, 2, 4, h, w) float16 each. Rank 0 builds it when it
     is missing or was made from another VAE checkpoint, size or image list."""
-    from jmodels import checkpoint, parallel
     stems = [p.stem for p in train_set.pairs]
     if path.exists():  # every rank sees the same file, so every rank takes the same branch
         meta, groups = checkpoint.load(path)
@@ -102,8 +105,6 @@ def latent_cache(vae, train_set, path, batch_size, source):
 
 
 def build_latent_cache(vae, train_set, path, batch_size, source, stems):
-    import jittor as jt
-    from jmodels import checkpoint
     t0, means, logvars = time.time(), [], []
     with jt.no_grad():
         for i in tqdm(range(0, len(stems), batch_size), desc="latent cache", dynamic_ncols=True):
@@ -121,11 +122,6 @@ def make_inputs(run, batch, rng):
     """Latents (posterior samples), conditions (with dropout) and timesteps for this rank's part of
     one micro-batch. Every choice is drawn for the global batch (numpy rng and Jittor's generator,
     seeded alike on all ranks) and then sliced, so N processes draw what one process draws."""
-    import jittor as jt
-    from jmodels import parallel
-    from jmodels.conditioning import conditions, reference_crop
-    from jmodels.imageio import to_uint8
-    from jmodels.vae import posterior_sample
     b = len(batch["image"])
     n, mine = b * jt.world_size, parallel.local(b)
     crops = [reference_crop(rng, batch["image"].shape[2:]) for _ in range(n)][mine]
@@ -151,10 +147,6 @@ def make_inputs(run, batch, rng):
 
 def train_step(run, micro_batches):
     """One optimizer update over `accum` micro-batches; returns the mean loss."""
-    import jittor as jt
-    from jmodels import parallel
-    from jmodels.lr_schedule import lr_at
-    from jmodels.runtime import autocast
     cfg, accum = run.cfg, len(micro_batches)
     parallel.seed_step(cfg["seed"] + run.step)  # noise depends on the step only: exact resume, any N
     lr = lr_at(run.step, cfg["lr"], cfg["warmup_steps"], cfg["max_steps"], cfg["lr_floor"])  # from the step alone
@@ -181,9 +173,6 @@ def train_step(run, micro_batches):
 
 def sample_grid(run, val, path):
     """Held-out labels with references from *other* held-out photos: label | reference | sample | real."""
-    from jmodels import generate
-    from jmodels.conditioning import conditions
-    from jmodels.imageio import colorize, save_grid, to_uint8
     n = min(4, len(val["image"]))
     refs = np.roll(np.arange(len(val["image"])), 1)[:n]
     ref_latents = generate.encode_mean(run.vae, val["image"][refs], run.scale)
@@ -198,26 +187,22 @@ def sample_grid(run, val, path):
 
 
 def main(argv=None):
-    from jmodels import cli
     cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
-    from jmodels.runtime import init_jittor, memory
     jt = init_jittor(seed=cfg["seed"], precision=cfg["precision"])
-    import dataset
-    from jmodels import parallel, pipeline
 
     out = Path(cfg["out"])
     unet_config, diffusion_config = configs(cfg)
     vae, scale = pipeline.load_vae(cfg["vae"])
-    train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
-    train_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems,
+    train_stems, val_stems = split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
+    train_set = PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems,
                                     max_zoom=1.0 if cfg["cache_latents"] else 1.25)
-    val_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=False, stems=val_stems)
-    val = dataset.collate([val_set.load(i) for i in range(min(8, len(val_set)))])
-    loader = dataset.BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
+    val_set = PairDataset(cfg["data"], cfg["size"], augment=False, stems=val_stems)
+    val = collate([val_set.load(i) for i in range(min(8, len(val_set)))])
+    loader = BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
                                  world_size=jt.world_size, workers=cfg["workers"])
     run = new_state(cfg, unet_config, diffusion_config, vae, scale)
     if cfg["cache_latents"]:
-        plain = dataset.PairDataset(cfg["data"], cfg["size"], augment=False, stems=train_stems)
+        plain = PairDataset(cfg["data"], cfg["size"], augment=False, stems=train_stems)
         source = f"{Path(cfg['vae']).resolve()}@{Path(cfg['vae']).stat().st_mtime_ns}:{cfg['size']}"
         run.latent_cache = latent_cache(vae, plain, out / "latents.npz", cfg["batch_size"], source)
     ckpt = out / "ckpt.npz"
@@ -231,7 +216,6 @@ def main(argv=None):
     parallel.print0(f"UNet: {n_params / 1e6:.2f} M parameters; latents {cfg['size'][0] // 8}x{cfg['size'][1] // 8}, "
                     f"scale {scale:.4f}; {jt.world_size} process(es), global batch {cfg['batch_size']}; augmentation: "
                     + ("flips only (--cache_latents: no zoom)" if cfg["cache_latents"] else "flips and zoom up to 1.25"))
-    from jmodels.curves import draw_curves
     save, grid, curves = parallel.on_main(run.save), parallel.on_main(sample_grid), parallel.on_main(draw_curves)
     log = parallel.open_log(out / "log.jsonl")
     batches = loader.forever(start_step=run.step * cfg["accum"])

@@ -12,8 +12,22 @@ import json
 import time
 from pathlib import Path
 
+import jittor as jt
 import numpy as np
 from tqdm import tqdm
+
+from jmodels import checkpoint, cli, parallel
+from jmodels.data import BatchLoader, PairDataset, split_stems
+from jmodels.discriminator import NLayerDiscriminator, adaptive_weight, hinge_d_loss
+from jmodels.ema import EMA
+from jmodels.imageio import psnr, save_grid, to_uint8
+from jmodels.lr_schedule import lr_at
+from jmodels.optim import AdamW, LossScale
+from jmodels.plots import draw_curves
+from jmodels.public_vae import load_public_vae
+from jmodels.runtime import autocast, init_jittor, memory
+from jmodels.train_state import TrainState
+from jmodels.vae import AutoencoderKL, VAEConfig, kl_divergence, posterior_sample
 
 # ---- defaults: the small CPU recipe of `bash run.sh`; the full-scale values are in README.md -----
 DEFAULTS = dict(
@@ -40,20 +54,12 @@ DEFAULTS = dict(
 
 
 def vae_config(cfg):
-    from jmodels.vae import VAEConfig
     return VAEConfig(ch=cfg["ch"], ch_mult=tuple(cfg["ch_mult"]), num_res_blocks=cfg["num_res_blocks"],
                      norm_groups=cfg["norm_groups"])
 
 
 def new_state(cfg, config):
     """A fresh stage-1 run: the autoencoder, its EMA twin, the discriminator and one optimizer each."""
-    import jittor as jt
-    from jmodels import parallel
-    from jmodels.discriminator import NLayerDiscriminator
-    from jmodels.ema import EMA
-    from jmodels.optim import AdamW, LossScale
-    from jmodels.train_state import TrainState
-    from jmodels.vae import AutoencoderKL
     model = AutoencoderKL(config)
     disc = NLayerDiscriminator(3, cfg["disc_ndf"], cfg["disc_layers"])
     parallel.start_equal(model, disc)
@@ -67,12 +73,6 @@ def new_state(cfg, config):
 
 def train_step(run, micro_batches):
     """One optimizer update over `accum` micro-batches; returns the losses (global-batch means) as floats."""
-    import jittor as jt
-    from jmodels import parallel
-    from jmodels.discriminator import adaptive_weight, hinge_d_loss
-    from jmodels.lr_schedule import lr_at
-    from jmodels.runtime import autocast
-    from jmodels.vae import kl_divergence
     cfg, accum, f = run.cfg, len(micro_batches), run.config.factor
     parallel.seed_step(cfg["seed"] + run.step)  # noise depends on the step only: exact resume, any N
     lr = lr_at(run.step, cfg["lr"], cfg["warmup_steps"], cfg["max_steps"], cfg["lr_floor"])  # from the step alone
@@ -110,7 +110,6 @@ def train_step(run, micro_batches):
 
 def reconstruct(model, images, batch_size):
     """Posterior-mean reconstructions of (N, 3, H, W) images, batch by batch, without gradients."""
-    import jittor as jt
     out = []
     with jt.no_grad():
         for i in range(0, len(images), batch_size):
@@ -120,8 +119,6 @@ def reconstruct(model, images, batch_size):
 
 def latent_scale(model, dataset, n_images, batch_size):
     """1 / std of posterior samples over training images: makes stage 2's latents unit-variance."""
-    import jittor as jt
-    from jmodels.vae import posterior_sample
     zs = []
     with jt.no_grad():
         for i in range(0, min(n_images, len(dataset)), batch_size):
@@ -133,33 +130,26 @@ def latent_scale(model, dataset, n_images, batch_size):
 
 def load_init(path):
     """Weights to start from: our checkpoint (its EMA) or a public SD VAE file (.safetensors/.ckpt/.bin)."""
-    from jmodels import checkpoint
     if str(path).endswith(".npz"):
         meta, groups = checkpoint.load(path)
         return meta["config"], groups.get("ema", groups["model"])
-    from jmodels.public_vae import load_public_vae
     return load_public_vae(path)
 
 
 def main(argv=None):
-    from jmodels import cli
     cfg = cli.parse(DEFAULTS, argv, description=__doc__.split("\n")[0])
-    from jmodels.runtime import init_jittor, memory
     jt = init_jittor(seed=cfg["seed"], precision=cfg["precision"])
-    import dataset
-    from jmodels import checkpoint, parallel
-    from jmodels.imageio import psnr, save_grid, to_uint8
 
     out = Path(cfg["out"])
     config = vae_config(cfg)
     if cfg["init_from"]:
         init_config, init_weights = load_init(cfg["init_from"])
         config = type(config).from_dict(init_config)
-    train_stems, val_stems = dataset.split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
-    train_set = dataset.PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems)
-    val_images = np.stack([it["image"] for it in (dataset.PairDataset(cfg["data"], cfg["size"], False, val_stems).load(i)
+    train_stems, val_stems = split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
+    train_set = PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems)
+    val_images = np.stack([it["image"] for it in (PairDataset(cfg["data"], cfg["size"], False, val_stems).load(i)
                                                    for i in range(min(128, len(val_stems))))])
-    loader = dataset.BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
+    loader = BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
                                  world_size=jt.world_size, workers=cfg["workers"])
     run = new_state(cfg, config)
     ckpt = out / "ckpt.npz"
@@ -184,7 +174,6 @@ def main(argv=None):
             save_grid([[to_uint8(a), to_uint8(b), to_uint8(c)] for a, b, c in zip(val_images[:4], rec, raw)], grid)
         return float(psnr(val_images, rec).mean())
 
-    from jmodels.curves import draw_curves
     save, curves = parallel.on_main(run.save), parallel.on_main(draw_curves)
     val_psnr = evaluate()
     log = parallel.open_log(out / "log.jsonl")
@@ -213,7 +202,7 @@ def main(argv=None):
             save(ckpt, val_psnr=val_psnr)
             curves(out / "log.jsonl", out / "curves.png", "stage 1: the autoencoder")
     bar.close()
-    train_plain = dataset.PairDataset(cfg["data"], cfg["size"], False, train_stems)
+    train_plain = PairDataset(cfg["data"], cfg["size"], False, train_stems)
     scale = parallel.on_main(latent_scale)(run.ema.twin, train_plain, cfg["scale_images"], cfg["batch_size"])
     save(ckpt, val_psnr=val_psnr, latent_scale=scale)
     curves(out / "log.jsonl", out / "curves.png", "stage 1: the autoencoder")

@@ -9,6 +9,7 @@ Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy".
 """
 from dataclasses import dataclass
 
+import jittor as jt
 import numpy as np
 
 from .checkpoint import SavedConfig
@@ -42,7 +43,6 @@ def _bcast(values, x):
     v = np.asarray(values, np.float32).reshape((-1,) + (1,) * (len(x.shape) - 1))
     if isinstance(x, np.ndarray):
         return v
-    import jittor as jt
     return jt.array(v)
 
 

@@ -6,6 +6,8 @@ adaptive weight, eq. 7); Rombach et al. 2022 (`LPIPSWithDiscriminator`).
 import jittor as jt
 from jittor import init, nn
 
+from .parallel import mean_over_ranks
+
 
 class NLayerDiscriminator(nn.Module):
     """Conv(4x4, stride 2) stack ending in one logit per overlapping patch: (B, 3, H, W) -> (B, 1, h, w)."""
@@ -50,7 +52,6 @@ def adaptive_weight(nll, g_loss, last_layer, max_weight=1e4, values_per_image=No
     clamp is max_weight * values_per_image / LDM_VALUES, latent-diffusion's balance at 256x256 at any size;
     None keeps latent-diffusion's fixed clamp. Under MPI the gradients are those of the global batch
     (averaged over ranks), as in one process."""
-    from .parallel import mean_over_ranks
     if values_per_image is not None:
         if values_per_image <= 0:
             raise ValueError(f"values_per_image must be > 0 (C*H*W of one image), got {values_per_image!r}")

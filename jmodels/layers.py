@@ -204,8 +204,9 @@ def attention(q, k, v):
 ATTENTION_LOOP_FROM = 128  # tokens
 
 
-class Downsample(nn.Module):
-    """Stride-2 3x3 conv after padding right and bottom by one (the SD VAE's asymmetric padding)."""
+class PaddedDownsample(nn.Module):
+    """Stride-2 3x3 conv after padding right and bottom by one (the SD VAE's asymmetric padding; the UNet's
+    symmetric one is jmodels.unet.Downsample)."""
 
     def __init__(self, channels):
         super().__init__()

@@ -12,8 +12,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import checkpoint
+from .checkpoint import CheckpointError
+from .color import reinhard_transfer
+from .conditioning import conditions, withhold
+from .diffusion import DiffusionConfig, GaussianDiffusion
+from .generate import calls_per_image, decode, encode_mean, sample
+from .imageio import to_uint8, to_unit
+from .scoring import candidate_score, judge_scores
+from .unet import UNet, UNetConfig
+from .vae import AutoencoderKL, VAEConfig
+
 OUT_SIZE = (512, 384)  # (W, H) of every contest output
-LEGACY_UNET_KEYS = ("down.", "downsample.", "mid.", "up.", "upsample.", "conv_in.")  # before input_blocks
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,6 @@ class Pipeline:
 
 def load_vae(path):
     """The frozen stage-1 autoencoder (EMA weights) and its latent scale."""
-    from . import checkpoint
-    from .vae import AutoencoderKL, VAEConfig
     meta, groups = checkpoint.load(path)
     if meta.get("kind") != "vae" or not meta.get("latent_scale"):
         raise checkpoint.CheckpointError(f"{path}: not a finished stage-1 checkpoint (no latent scale); "
@@ -51,27 +59,13 @@ def load_vae(path):
 
 def check_latent_scale(path, meta, scale, vae):
     """A stage-2 checkpoint belongs to the autoencoder whose latent scale it recorded."""
-    from .checkpoint import CheckpointError
     if abs(meta["latent_scale"] - scale) > 1e-6:
         raise CheckpointError(f"{path}: trained on latents scaled by {meta['latent_scale']}, but {vae} measures "
                               f"{scale}: another autoencoder; train stage 2 again (run.sh: FORCE=ldm)")
 
 
-def load_unet_weights(unet, arrays, where):
-    """Strict loading, with the one mismatch worth naming: a checkpoint of the UNet layout before
-    `input_blocks` / `middle` / `output_blocks` (keys `down.*`, `up.*`, ...)."""
-    from .checkpoint import CheckpointError, load_into
-    if any(k.startswith(LEGACY_UNET_KEYS) for k in arrays) and not any(k.startswith("input_blocks.") for k in arrays):
-        raise CheckpointError(f"{where}: written by the UNet layout before input_blocks/middle/output_blocks "
-                              "(keys down.*, mid.*, up.*); it cannot be loaded: train stage 2 again (run.sh: FORCE=ldm)")
-    return load_into(unet, arrays, where)
-
-
 def load(run_dir, weights="ema", ldm=""):
     """The run in `run_dir` (vae/ckpt.npz, ldm/ckpt.npz); `ldm` names another stage-2 file (e.g. averaged)."""
-    from . import checkpoint
-    from .diffusion import DiffusionConfig, GaussianDiffusion
-    from .unet import UNet, UNetConfig
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be ema or raw, got {weights!r}")
     vae_path = Path(run_dir) / "vae" / "ckpt.npz"
@@ -81,7 +75,7 @@ def load(run_dir, weights="ema", ldm=""):
     if meta.get("kind") != "ldm":
         raise checkpoint.CheckpointError(f"{ldm_path}: not a stage-2 checkpoint (kind {meta.get('kind')!r})")
     unet = UNet(UNetConfig.from_dict(meta["config"]))
-    load_unet_weights(unet, groups["ema" if weights == "ema" else "model"], f"{ldm_path} [{weights}]")
+    checkpoint.load_into(unet, groups["ema" if weights == "ema" else "model"], f"{ldm_path} [{weights}]")
     unet.eval()
     check_latent_scale(ldm_path, meta, scale, f"the VAE {vae_path}")
     return Pipeline(vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])),
@@ -95,8 +89,6 @@ def image_seed(stem, seed):
 
 def encode_at(pipe, images, size):
     """(H, W, 3) uint8 images -> scaled posterior means (B, 4, H/8, W/8) at the generation size (W, H)."""
-    from .generate import encode_mean
-    from .imageio import to_unit
     small = np.stack([np.asarray(Image.fromarray(im).resize(size, Image.BICUBIC)) for im in images])
     return encode_mean(pipe.vae, to_unit(small), pipe.latent_scale)
 
@@ -104,88 +96,78 @@ def encode_at(pipe, images, size):
 def prepare(pipe, settings, labels, refs, size):
     """The conditions (at the generation size (W, H)) and the references' latents of one batch: built
     once, shared by the first pass and every refinement pass."""
-    from .conditioning import conditions, withhold
     lab_small = np.stack([np.asarray(Image.fromarray(lb).resize(size, Image.NEAREST)) for lb in labels])
     ref_small = np.stack([np.asarray(Image.fromarray(r).resize(size, Image.BICUBIC)) for r in refs])
     z_ref = encode_at(pipe, ref_small, size)
-    return withhold(conditions(lab_small, ref_small, z_ref), settings["without"]), z_ref
+    return withhold(conditions(lab_small, ref_small, z_ref), settings.without), z_ref
 
 
-def sample_latents(pipe, settings, stems, cond, z_start, strength, tag=""):
+def sample_latents(pipe, settings, stems, cond, z_start, strength, tag="", callback=None):
     """Latents (B, 4, h, w) from `z_start` noised to `strength`, and UNet calls per image; the noise is
     seeded by each stem, the seed and `tag` (which names a refinement pass)."""
-    from . import generate
-    noise = np.stack([np.random.default_rng(image_seed(s + tag, settings["seed"])).standard_normal(z_start.shape[1:])
+    noise = np.stack([np.random.default_rng(image_seed(s + tag, settings.seed)).standard_normal(z_start.shape[1:])
                       for s in stems]).astype(np.float32)
-    return generate.sample(pipe.unet, pipe.diffusion, cond, noise, steps=settings["steps"],
-                           sampler=settings["sampler"], guidance=settings["guidance"], drop=settings["drop"],
-                           strength=strength, x_ref=z_start)
+    return sample(pipe.unet, pipe.diffusion, cond, noise, steps=settings.steps, sampler=settings.sampler,
+                  guidance=settings.guidance, drop=settings.drop, strength=strength, x_ref=z_start, callback=callback)
+
+
+def expected_calls(pipe, settings):
+    """UNet calls per image that `generate` (times the candidates: `best_of`) makes with `settings`."""
+    one = calls_per_image(pipe.diffusion.alphas_cumprod, settings.steps, (settings.strength, *settings.refine),
+                          settings.guidance, settings.drop)
+    return one * settings.candidates
+
+
+def _after(callback, done):
+    """`callback` with the UNet calls per image of earlier passes (or candidates) added to its count."""
+    return None if callback is None else (lambda info: callback(dict(info, calls=done + info["calls"])))
 
 
 def postprocess(image, label, ref, ref_label, settings):
     """A generated image -> the contest's 512x384, moved toward the reference's colours in Lab."""
-    from .color import reinhard_transfer
     out = np.asarray(Image.fromarray(image).resize(OUT_SIZE, Image.LANCZOS))
-    if settings["color_transfer"] > 0:
-        per_class = settings["color_per_class"]
-        out = reinhard_transfer(out, ref, settings["color_transfer"], label if per_class else None,
+    if settings.color_transfer > 0:
+        per_class = settings.color_per_class
+        out = reinhard_transfer(out, ref, settings.color_transfer, label if per_class else None,
                                 ref_label if per_class else None)
     return out
 
 
-def generate(pipe, settings, stems, labels, refs, ref_labels, size=None):
+def generate(pipe, settings, stems, labels, refs, ref_labels, size=None, callback=None):
     """Contest images for one batch: [(384, 512, 3) uint8] and the UNet calls per image.
 
     settings: test.py's generation keys (sampler, steps, strength, guidance, drop, without,
     color_transfer, color_per_class, refine, seed); labels (H, W) ids and refs (H', W', 3) uint8 at
     any size; ref_labels: the references' label maps or None (per-class colour transfer). size: the
-    generation size (W, H), default the UNet's training size. Each strength r of settings["refine"]
+    generation size (W, H), default the UNet's training size. Each strength r of settings.refine
     is one more pass, as the winning entry ran them: the colour-transferred output encoded, noised
-    to r, sampled again under the same conditions and transferred again.
+    to r, sampled again under the same conditions and transferred again. callback: called after every
+    sampler step with the sampler's information and "calls", the UNet calls per image made so far.
     """
-    from . import generate as gen
-    from .imageio import to_uint8
     size, images, total = tuple(size or pipe.train_size), None, 0
     cond, z_start = prepare(pipe, settings, labels, refs, size)
-    for k, strength in enumerate((settings["strength"], *settings.get("refine", ()))):
+    for k, strength in enumerate((settings.strength, *settings.refine)):
         if k:  # a refinement pass starts from the last pass's transferred output
             z_start = encode_at(pipe, images, size)
-        z, calls = sample_latents(pipe, settings, stems, cond, z_start, strength, f"/refine{k}" if k else "")
-        decoded = to_uint8(gen.decode(pipe.vae, z, pipe.latent_scale))
+        z, calls = sample_latents(pipe, settings, stems, cond, z_start, strength, f"/refine{k}" if k else "",
+                                  _after(callback, total))
+        decoded = to_uint8(decode(pipe.vae, z, pipe.latent_scale))
         images = [postprocess(im, lb, r, rl, settings) for im, lb, r, rl in zip(decoded, labels, refs, ref_labels)]
         total += calls
     return images, total
 
 
-def candidate_score(mask_accuracy, style):
-    """The contest total of one image with the terms it cannot see held at middle values (FID 50,
-    aesthetic 0.5): mask_acc * (0.2 * 0.5 + 0.3 * (0.5 * style + 0.5) + 0.5 * 0.5). Ranks candidates
-    as the board would, since those terms are shared by every candidate of an image."""
-    return mask_accuracy * (0.1 + 0.3 * (0.5 * style + 0.5) + 0.25)
-
-
-def judge_scores(judge, images, labels, refs):
-    """(mask accuracy by the judge, style correlation to the reference) of each image."""
-    from .segmenter import predict
-    from .style_metric import style_score
-    model, (w, h), _ = judge
-    small = np.stack([np.asarray(Image.fromarray(im).resize((w, h), Image.BICUBIC)) for im in images])
-    truth = np.stack([np.asarray(Image.fromarray(lb.astype(np.uint8)).resize((w, h), Image.NEAREST)) for lb in labels])
-    acc = (predict(model, small) == truth).reshape(len(images), -1).mean(1)
-    return [(float(a), style_score(im, r)) for a, im, r in zip(acc, images, refs)]
-
-
-def best_of(pipe, settings, judge, stems, labels, refs, ref_labels, size=None):
-    """Best of settings["candidates"] samples per image by `candidate_score` under the judge.
+def best_of(pipe, settings, judge, stems, labels, refs, ref_labels, size=None, callback=None):
+    """Best of settings.candidates samples per image by `scoring.candidate_score` under the judge.
     Candidate 0 is the single-sample output; candidate k's noise is seeded by "<stem>#k".
     Returns (images, UNet calls per image, [[(mask_acc, style, score) per candidate] per image])."""
-    n = settings["candidates"]
+    n = settings.candidates
     if n < 1:
         raise ValueError(f"candidates must be >= 1, got {n}")
     outs, scores, calls = [], [], 0
     for k in range(n):
         images, c = generate(pipe, settings, [s if k == 0 else f"{s}#{k}" for s in stems], labels, refs,
-                             ref_labels, size)
+                             ref_labels, size, _after(callback, calls))
         outs.append(images)
         scores.append([(a, st, candidate_score(a, st)) for a, st in judge_scores(judge, images, labels, refs)])
         calls += c

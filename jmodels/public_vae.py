@@ -4,7 +4,7 @@ Reads `.safetensors` (parsed here with numpy) and `.ckpt`/`.bin`/`.pt` (PyTorch 
 with a restricted unpickler that runs no code), in either naming: CompVis latent-diffusion (`encoder.down.0.block.0...`, as in the
 SD 1.x `.ckpt` files, under `first_stage_model.`) or diffusers (`encoder.down_blocks.0.resnets.0...`).
 Keys are mapped, 1x1 attention convs reshaped to linears, and the result checked strictly.
-train_vae.py --init_from reads such files through `load_public_vae`; `tools/import_weights.py` is
+train_vae.py --init_from reads such files through `load_public_vae`; `tools/weights/import_weights.py` is
 the command that writes one as our checkpoint.
 """
 import io
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import CheckpointError, check_compatible
+from .vae import AutoencoderKL, VAEConfig
 
 SD_VAE_CONFIG = dict(in_channels=3, latent_channels=4, ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2,
                      norm_groups=32)
@@ -171,7 +172,6 @@ def to_ours(state, n_levels=4):
 
 def load_public_vae(path, config=None):
     """A public VAE file -> (config dict, {key: float32 array}) checked against our model's shapes."""
-    from .vae import AutoencoderKL, VAEConfig
     config = dict(config or SD_VAE_CONFIG)
     state = to_ours(read_any(path), n_levels=len(config["ch_mult"]))
     expected = _shapes(AutoencoderKL, VAEConfig.from_dict(config))

@@ -2,7 +2,7 @@
 
 Jittor reads its configuration from environment variables at import time, so they are set
 here before the first `import jittor` (see ../shared/JITTOR.md for what each one avoids), with the
-CUDA route tools/setup.sh chose (tools/cuda_route.py, docs/GPU.md). FORCE_CPU=1 forces the CPU even
+CUDA route tools/env/setup.sh chose (tools/env/cuda_route.py, docs/GPU.md). FORCE_CPU=1 forces the CPU even
 where a GPU works. On a GPU, `autocast` runs a model's convolutions and matmuls in bf16 or fp16.
 """
 import contextlib
@@ -30,7 +30,22 @@ def use_gpu():
     return os.environ.get("FORCE_CPU", "0") in ("", "0") and gpu_present()
 
 
-_configured = False  # init_jittor configured the environment in this process (before Jittor's first import)
+_configured = False  # boot() configured the environment in this process, before Jittor's first import
+
+
+def boot():
+    """Set Jittor's environment for this machine before its first import; run once by `import jmodels`, so
+    that every module of the package (and every entry) can `import jittor` at its top. A Jittor imported
+    before that read an unconfigured environment (without set-up's CUDA route, or crashing on a machine
+    with nvcc and no GPU): refused, with what to do."""
+    global _configured
+    if _configured:
+        return
+    if "jittor" in sys.modules:
+        raise RuntimeError("Jittor was imported before jmodels configured it: import jmodels (or any jmodels "
+                           "module) before jittor, so that set-up's CUDA route and the CPU fallback apply")
+    configure_env(use_gpu())
+    _configured = True
 
 
 def configure_env(gpu):
@@ -59,7 +74,7 @@ def configure_env(gpu):
 
 
 def cuda_route_env(path=None):
-    """The environment of the CUDA route that tools/setup.sh wrote into the venv ({} where none was)."""
+    """The environment of the CUDA route that tools/env/setup.sh wrote into the venv ({} where none was)."""
     path = path or os.path.join(sys.prefix, "jmodels-cuda-env.json")
     try:
         with open(path) as f:
@@ -76,32 +91,24 @@ HALF = {"bf16": "bfloat16", "fp16": "float16"}
 def init_jittor(seed=None, precision="fp32"):
     """Import Jittor configured for this machine, set `use_cuda`, the seed and, on a GPU, the precision.
     Matmuls and convolutions accumulate in fp32 in every mode (Jittor patched at set-up for 16-bit data):
-    fp32  strict fp32 (TF32 off in cuBLAS and cuDNN, NVIDIA_TF32_OVERRIDE=0);
+    fp32  strict fp32 (use_tensorcore off: cuBLAS's default math, cuDNN's FMA math by set-up's patch);
     tf32  fp32 data, tensor cores round the inputs of matmuls and convolutions to TF32;
     bf16, fp16  `autocast` models: convs and linears see 16-bit inputs and 16-bit copies of the fp32
           parameters (tensor cores), normalisation and the rest stay fp32; the optimizer's state and the
           parameters stay fp32; fp16 adds the optimizer's dynamic loss scale, bf16 needs none.
     Jittor's automatic mixed precision (amp_level) stays off: it turns fp32-by-fp32 ops into fp16 and
     gives cuDNN and cuBLAS inputs of two dtypes. On the CPU all modes compute in fp32. Returns jittor."""
-    global _configured
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if "jittor" in sys.modules and not _configured:  # it read an unconfigured environment at its import
-        raise RuntimeError("Jittor was imported before jmodels.runtime.init_jittor() configured it: call "
-                           "init_jittor() first in the entry script, before importing any module that imports "
-                           "Jittor (jmodels.layers, unet, vae, segmenter, generate, ...)")
+    boot()
     gpu = use_gpu()
-    configure_env(gpu)
-    _configured = True
-    if gpu and precision == "fp32":
-        os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")  # read by cuBLAS and cuDNN when they start
     import jittor as jt
     _restore_sigchld()
     jt.flags.use_cuda = int(gpu and jt.has_cuda)
     if jt.flags.use_cuda:
         if precision in HALF and not _jittor_patched():
             raise RuntimeError(f"--precision {precision} needs Jittor patched for fp32 accumulation of 16-bit "
-                               "matmuls and convolutions: run bash tools/setup.sh (or tools/cuda_route.py patch)")
+                               "matmuls and convolutions: run bash tools/env/setup.sh (or tools/env/cuda_route.py patch)")
         jt.flags.use_tensorcore = int(precision != "fp32")
         jt.flags.auto_mixed_precision_level = 0
     if seed is not None:
@@ -151,6 +158,7 @@ def autocast(model, precision):
 @contextlib.contextmanager
 def _cast_layers(model, dtype):
     from jittor import nn
+
     from .layers import GroupNorm
     wrapped = {}  # by id: a module used twice is wrapped once
     for m in model.modules():

@@ -13,8 +13,10 @@ import jittor as jt
 import numpy as np
 from jittor import nn
 
+from . import checkpoint
 from .checkpoint import SavedConfig
 from .classes import NUM_CLASSES
+from .imageio import to_unit
 from .layers import GroupNorm, upsample_nearest
 
 
@@ -76,7 +78,6 @@ class Segmenter(nn.Module):
 
 
 def _batched(fn, images_uint8, batch_size):
-    from .imageio import to_unit
     out = []
     with jt.no_grad():
         for i in range(0, len(images_uint8), batch_size):
@@ -96,10 +97,9 @@ def pooled_features(model, images_uint8, batch_size=16):
 
 def load_judge(path):
     """A trained judge and its input size (W, H)."""
-    from . import checkpoint
     meta, groups = checkpoint.load(path)
     if meta.get("kind") != "judge":
-        raise checkpoint.CheckpointError(f"{path}: not a judge checkpoint (tools/train_segmenter.py makes one)")
+        raise checkpoint.CheckpointError(f"{path}: not a judge checkpoint (tools/eval/train_segmenter.py makes one)")
     model = checkpoint.load_into(Segmenter(SegmenterConfig.from_dict(meta["config"])), groups["model"], str(path))
     model.eval()
     return model, tuple(meta["size"]), meta

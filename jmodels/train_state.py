@@ -33,10 +33,9 @@ class TrainState:
         groups.update({name: opt.state_arrays() for name, opt in self.optimizers.items()})
         return checkpoint.save(path, self.meta(**extra), **groups)
 
-    def load(self, path, check=None, load_weights=checkpoint.load_into):
+    def load(self, path, check=None):
         """Resume from `path`. `check(meta)` raises where the file belongs to other inputs (another
-        autoencoder, another schedule); `load_weights(module, arrays, where)` is the strict loader.
-        Returns the file's meta."""
+        autoencoder, another schedule); every network is loaded strictly. Returns the file's meta."""
         meta, groups = checkpoint.load(path)
         if meta.get("kind") != self.kind or type(self.config).from_dict(meta["config"]) != self.config:
             raise CheckpointError(f"{path}: written for {meta.get('kind')} config {meta.get('config')}, this run is "
@@ -47,8 +46,8 @@ class TrainState:
         if missing:
             raise CheckpointError(f"{path}: no {', '.join(missing)} in the file: not a resumable checkpoint")
         for name, net in self.networks.items():
-            load_weights(net, groups[name], f"{path} [{name}]")
-        load_weights(self.ema.twin, groups["ema"], f"{path} [ema]")
+            checkpoint.load_into(net, groups[name], f"{path} [{name}]")
+        checkpoint.load_into(self.ema.twin, groups["ema"], f"{path} [ema]")
         for name, opt in self.optimizers.items():
             opt.load_state(groups[name], meta[name])
         self.step, self.ema.updates = int(meta["step"]), int(meta["ema_updates"])

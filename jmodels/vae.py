@@ -11,7 +11,7 @@ import jittor as jt
 from jittor import nn
 
 from .checkpoint import SavedConfig
-from .layers import Downsample, GroupNorm, ResnetBlock, SelfAttention, Upsample
+from .layers import GroupNorm, PaddedDownsample, ResnetBlock, SelfAttention, Upsample
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Level(nn.Module):
                                       for i in range(n_blocks)])
         self.resample = resample
         if resample == "down":
-            self.downsamplers = nn.ModuleList([Downsample(out_ch)])
+            self.downsamplers = nn.ModuleList([PaddedDownsample(out_ch)])
         elif resample == "up":
             self.upsamplers = nn.ModuleList([Upsample(out_ch)])
 

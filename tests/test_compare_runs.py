@@ -1,4 +1,4 @@
-"""tools/compare_runs.py: the paired table in closed form, and on tiny runs the same scores as tools/tune.py's
+"""tools/experiments/compare_runs.py: the paired table in closed form, and on tiny runs the same scores as tools/experiments/tune.py's
 search on the same half, a run against itself a difference of exactly zero, and bad arguments refused."""
 import json
 
@@ -10,9 +10,11 @@ from helpers import tiny_judge
 from jmodels.runtime import init_jittor
 
 jt = init_jittor(seed=0)
-import test as entry  # noqa: E402
-from tools import compare_runs, tune  # noqa: E402
-from tools.make_demo_data import make_demo  # noqa: E402
+from conftest import entry
+from jmodels import contest  # noqa: E402
+from jmodels.settings import GenerationSettings  # noqa: E402
+from tools.experiments import compare_runs, tune  # noqa: E402
+from jmodels.demo_data import make_demo  # noqa: E402
 
 
 def test_table_pairs_each_run_with_the_first_on_the_same_images():
@@ -46,7 +48,7 @@ def test_a_run_against_itself_scores_as_tune_does_and_differs_by_zero(setup, tmp
             "--judge", str(judge), "--batch_size", "2", "--out", str(out)]
     assert compare_runs.main(args) == 0
     doc = json.loads(out.read_text())
-    import dataset
+    from jmodels import data as dataset
     items = {it.stem: it for it in dataset.list_test_items(demo / "test", demo / "train")}
     assert (doc["split"]["a"], doc["split"]["b"]) == tune.split_halves(items, 0) and len(items) == 5
     for rows in (doc["decide"], doc["report"]):
@@ -56,7 +58,7 @@ def test_a_run_against_itself_scores_as_tune_does_and_differs_by_zero(setup, tmp
     # half A's totals are what tune.py's search scores for test.py's defaults on the same half
     from jmodels import pipeline
     half_a = doc["split"]["a"]
-    inputs = (half_a, *entry.load_inputs([items[s] for s in half_a], demo / "train"))
+    inputs = (half_a, *contest.load_inputs([items[s] for s in half_a], demo / "train"))
     start = {k: entry.DEFAULTS[k] for k in tune.SEARCHED}
     from jmodels.segmenter import load_judge
     scores, _, _ = tune.scorer(pipeline.load(run), load_judge(str(judge)), inputs, 0, 2)(start)

@@ -1,4 +1,4 @@
-"""tools/cuda_route.py: one case per route decision, the Jittor patches, and set-up on this machine."""
+"""tools/env/cuda_route.py: one case per route decision, the Jittor patches, and set-up on this machine."""
 import json
 import os
 import shutil
@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from conftest import ROOT
-from tools import cuda_route as cr
-from tools.cuda_route import Facts, decide
+from tools.env import cuda_route as cr
+from tools.env.cuda_route import Facts, decide
 
 CUDA13 = dict(driver=(13, 0), nvcc=(13, 0), system_nvcc="/usr/local/cuda-13.0/bin/nvcc", home="/h")
 JT_NVCC = "/h/.cache/jittor/jtcuda/cuda12.2_cudnn8_linux/bin/nvcc"
@@ -123,14 +123,15 @@ def test_patches_apply_once_to_jittor_1_3_11_and_are_detected(tmp_path):
     text = (tmp_path / "jittor/extern/cuda/inc/helper_cuda.h").read_text()
     assert "deviceProp.computeMode" not in text and "deviceProp.clockRate" not in text
     assert "CUBLAS_COMPUTE_16F : " not in (tmp_path / "jittor/extern/cuda/cublas/ops/cublas_matmul_op.cc").read_text()
-    assert "CUDNN_CROSS_CORRELATION, getDataType<Ty>()" not in \
-        (tmp_path / "jittor/extern/cuda/cudnn/ops/cudnn_conv_op.cc").read_text()
+    conv = (tmp_path / "jittor/extern/cuda/cudnn/ops/cudnn_conv_op.cc").read_text()
+    assert "CUDNN_CROSS_CORRELATION, getDataType<Ty>()" not in conv
+    assert "if(!use_tensorcore) checkCudaErrors(cudnnSetConvolutionMathType(cudnnConvDesc, CUDNN_FMA_MATH));" in conv
 
 
 def test_setup_cli_on_this_machine_writes_the_cpu_route(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_CPU", "nvcc_path")}
     env["PATH"] = ":".join(p for p in env["PATH"].split(":") if not os.path.isfile(os.path.join(p, "nvidia-smi")))
-    out = subprocess.run([sys.executable, "tools/cuda_route.py", "setup", "--env-file", str(tmp_path / "e.json")],
+    out = subprocess.run([sys.executable, "tools/env/cuda_route.py", "setup", "--env-file", str(tmp_path / "e.json")],
                          cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stderr.startswith("[setup] CUDA route: cpu (no NVIDIA driver: ")
     record = json.loads((tmp_path / "e.json").read_text())
@@ -143,7 +144,7 @@ def test_setup_cli_on_this_machine_writes_the_cpu_route(tmp_path):
 def test_cuda_compile_check_builds_jittor_and_the_kernels(tmp_path):
     if cr.find_nvcc() is None:
         pytest.skip("no nvcc on this machine: nothing to compile Jittor's CUDA with")
-    out = subprocess.run([sys.executable, "tools/cuda_compile_check.py", "--stages", "import,ops", "--out",
+    out = subprocess.run([sys.executable, "tools/env/cuda_compile_check.py", "--stages", "import,ops", "--out",
                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=3600)
     results = json.loads((tmp_path / "results.json").read_text())
     assert out.returncode == 0, out.stdout[-3000:]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataset
-from dataset import DataError
+from jmodels import data as dataset
+from jmodels.data import DataError
 from conftest import save_label
 
 LAB = np.arange(384 * 512).reshape(384, 512) % 29  # every class, known per pixel

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataset
+from jmodels import data as dataset
 from conftest import SHARED_DATA
-from tools.make_demo_data import make_demo
+from jmodels.demo_data import make_demo
 
 
 def digest(folder):

@@ -1,4 +1,4 @@
-"""tools/evaluate.py: the contest formula over the present terms, the CLI on a small results folder,
+"""tools/eval/evaluate.py: the contest formula over the present terms, the CLI on a small results folder,
 and the stand-in judge's training step and checkpoint."""
 import shutil
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SHARED_DATA
-from tools.evaluate import contest_total, main
-from tools.make_demo_data import make_demo
+from jmodels.scoring import contest_total
+from tools.eval.evaluate import main
+from jmodels.demo_data import make_demo
 
 
 def test_contest_total_closed_form():
@@ -24,7 +25,7 @@ def demo(tmp_path_factory):
 
 
 def test_references_pasted_as_outputs_score_style_one(demo, tmp_path, capsys):
-    import dataset
+    from jmodels import data as dataset
     results = tmp_path / "results"
     results.mkdir()
     for it in dataset.list_test_items(demo / "test", demo / "train"):
@@ -48,7 +49,7 @@ def test_missing_outputs_are_named(demo, tmp_path):
 @pytest.fixture(scope="module")
 def judge_ckpt(demo, tmp_path_factory):
     """A judge trained 3 steps on the demo pairs, one of the three held out."""
-    from tools import train_segmenter
+    from tools.eval import train_segmenter
     out = tmp_path_factory.mktemp("judge")
     train_segmenter.main(["--data", str(demo / "train"), "--out", str(out), "--size", "64,48",
                           "--batch_size", "2", "--max_steps", "3", "--ch", "8", "--holdout", "0.34", "--workers", "1"])
@@ -56,7 +57,7 @@ def judge_ckpt(demo, tmp_path_factory):
 
 
 def test_judge_trains_saves_and_scores(judge_ckpt):
-    from tools import train_segmenter
+    from tools.eval import train_segmenter
     from jmodels.segmenter import load_judge, predict
     model, size, meta = load_judge(judge_ckpt)
     assert size == (64, 48) and meta["kind"] == "judge" and len(meta["held_out"]) == 1
@@ -72,8 +73,8 @@ def test_judge_trains_saves_and_scores(judge_ckpt):
 def test_frechet_distances_are_left_out_when_every_training_image_is_a_test_stem(demo, judge_ckpt, tmp_path, capsys):
     """A held-out test folder of all the training pairs leaves no real image to compare with: the judge FD
     and FID are left out and said so (README: Scoring locally), the other terms still scored."""
-    import dataset
-    from tools import holdout_test
+    from jmodels import data as dataset
+    from tools.data import holdout_test
     stems = [p.stem for p in dataset.list_train_pairs(demo / "train")]
     holdout_test.write(demo / "train", stems, tmp_path / "held")
     results = tmp_path / "results"
@@ -105,7 +106,7 @@ def test_recoloured_accuracy_exposes_a_judge_that_reads_colour():
     a judge that reads the layout (here: which image half, matching labels) keeps its accuracy."""
     from jmodels.runtime import init_jittor
     jt = init_jittor()
-    from tools.train_segmenter import held_out_accuracy
+    from tools.eval.train_segmenter import held_out_accuracy
 
     class ColourJudge(jt.nn.Module):
         def execute(self, x):  # class 0 where red > blue, class 1 where blue > red
@@ -131,7 +132,7 @@ def test_a_trained_judge_keeps_its_accuracy_on_recoloured_real_images():
     within 0.05 pixel accuracy of the plain images, so it does not punish style transfer."""
     from jmodels.runtime import init_jittor
     init_jittor()
-    import dataset
+    from jmodels import data as dataset
     from jmodels.color import reinhard_transfer
     from jmodels.imageio import to_uint8
     from jmodels.segmenter import load_judge, predict

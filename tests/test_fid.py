@@ -1,11 +1,11 @@
 """FID: the Fréchet distance in closed form, the Inception features with random weights, and both against
-pytorch-fid 0.3.0 on the same random weights (tests/fixtures/fid_pytorch.npz, tools/make_fid_fixture.py)."""
+pytorch-fid 0.3.0 on the same random weights (tests/fixtures/fid_pytorch.npz, tests/fixtures/make_fid_fixture.py)."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tools.fid import frechet_distance, statistics
+from jmodels.eval.fid import frechet_distance, statistics
 
 
 def test_frechet_distance_of_known_gaussians():
@@ -21,8 +21,8 @@ def test_frechet_distance_of_known_gaussians():
 def test_inception_features_give_zero_against_themselves_and_symmetric_distances():
     from jmodels.runtime import init_jittor
     init_jittor(seed=0)
-    from tools.inception import FIDInceptionV3
-    from tools.fid import features
+    from jmodels.eval.inception import FIDInceptionV3
+    from jmodels.eval.fid import features
     model = FIDInceptionV3()
     model.eval()
     rng = np.random.default_rng(0)
@@ -41,9 +41,9 @@ def test_inception_features_give_zero_against_themselves_and_symmetric_distances
 def test_weights_file_loads_strictly_without_the_classifier(tmp_path):
     from jmodels.runtime import init_jittor
     init_jittor(seed=0)
-    from tools.inception import FIDInceptionV3
+    from jmodels.eval.inception import FIDInceptionV3
     from helpers import write_safetensors
-    from tools.fid import features, load_fid_inception
+    from jmodels.eval.fid import features, load_fid_inception
     model = FIDInceptionV3()
     model.eval()
     state = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -68,9 +68,9 @@ def test_features_and_fid_equal_pytorch_fids_on_the_same_weights():
     features to 1e-4 and our FID of the two sets equals its calculate_frechet_distance to 1e-3."""
     from jmodels.runtime import init_jittor
     init_jittor(seed=0)
-    from tools.fid import features, fid_inception_from_state, frechet_distance, statistics
-    from tools.inception import FIDInceptionV3
-    from tools.make_fid_fixture import random_fid_state, read_png, weights_digest
+    from jmodels.eval.fid import features, fid_inception_from_state, frechet_distance, statistics
+    from jmodels.eval.inception import FIDInceptionV3
+    from fixtures.make_fid_fixture import random_fid_state, read_png, weights_digest
     ref = np.load(FIXTURE)
     state = random_fid_state({k: tuple(v.shape) for k, v in FIDInceptionV3().state_dict().items()}, int(ref["seed"]))
     assert weights_digest(state) == str(ref["digest"]), "numpy drew other weights from the seed than the fixture's"

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from tools import gpu_check
+from tools.env import gpu_check
 
 STAGE = {"ok": "import json, sys; json.dump({'answer': 42}, open(sys.argv[1], 'w'))",
          "fails": "print('compiling...'); raise RuntimeError('cuDNN said no')",
@@ -17,7 +17,7 @@ def run_stages(out, names, deadline_s, budgets):
     """gpu_check.run_stages over the fake stages, in a process of its own: once Jittor is imported (other test
     files import it into this process), its SIGCHLD handler ends the process whenever a child dies by a
     signal, as the crashing and the timed-out stages do. gpu_check.py's runner never imports Jittor."""
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from tools import gpu_check; "
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from tools.env import gpu_check; "
             f"stage = {STAGE!r}; "
             "fake = lambda name, res: [sys.executable, '-c', stage[name], str(res)]; "
             f"print(json.dumps(gpu_check.run_stages({str(out)!r}, {names!r}, {deadline_s!r}, command=fake, "
@@ -49,11 +49,11 @@ def test_stages_past_the_deadline_are_skipped_not_started(tmp_path):
 
 
 def test_unknown_stages_and_missing_arguments_are_refused(tmp_path):
-    out = subprocess.run([sys.executable, "tools/gpu_check.py", "run", str(tmp_path), "--only", "import,warp"],
+    out = subprocess.run([sys.executable, "tools/env/gpu_check.py", "run", str(tmp_path), "--only", "import,warp"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "unknown stages: warp" in out.stderr
-    out = subprocess.run(["bash", "tools/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2 and out.stderr.startswith("usage: bash tools/gpu_check.sh OUT_DIR")
+    out = subprocess.run(["bash", "tools/env/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.startswith("usage: bash tools/env/gpu_check.sh OUT_DIR")
     assert [n for n, _ in gpu_check.STAGES] == ["import", "layers", "train_fp32", "train_bf16", "speed", "test_py",
                                                 "train_tf32", "train_fp16", "mpi"]
     assert set(gpu_check.STAGE_FUNCS) == {n for n, _ in gpu_check.STAGES}
@@ -70,7 +70,7 @@ def test_test_py_driver_runs_the_entry_on_a_random_weight_run(tmp_path):
     """What stage test_py does on the GPU, here on the CPU with tiny models and two labels."""
     from jmodels.runtime import init_jittor
     init_jittor(seed=0)
-    subprocess.run([sys.executable, "tools/make_demo_data.py", "--out", str(tmp_path / "data"), "--train", "2",
+    subprocess.run([sys.executable, "tools/data/make_demo_data.py", "--out", str(tmp_path / "data"), "--train", "2",
                     "--test", "2", "--seed", "0"], cwd=ROOT, check=True, capture_output=True)
     ucfg, vcfg = gpu_check._tiny()
     gpu_check.make_run(tmp_path / "run", ucfg, vcfg, (64, 48))

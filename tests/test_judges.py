@@ -1,12 +1,12 @@
-"""tools/train_segmenter.py --part: two disjoint halves of the training pairs, fixed by --split_seed
+"""tools/eval/train_segmenter.py --part: two disjoint halves of the training pairs, fixed by --split_seed
 whatever --seed is, so a second judge (another seed, the other half) can score what the first picked."""
 import pytest
 
 from jmodels.runtime import init_jittor
 
 jt = init_jittor(seed=0)
-from tools import train_segmenter  # noqa: E402
-from tools.make_demo_data import make_demo  # noqa: E402
+from tools.eval import train_segmenter  # noqa: E402
+from jmodels.demo_data import make_demo  # noqa: E402
 
 
 def test_halves_are_disjoint_cover_the_stems_and_ignore_the_input_order():

@@ -1,8 +1,8 @@
-"""Data parallelism over MPI (jmodels/parallel.py, tools/launch.sh): 2 processes train what 1 process
+"""Data parallelism over MPI (jmodels/parallel.py, tools/env/launch.sh): 2 processes train what 1 process
 trains with the same global batch and data order, and a run resumes under another process count.
 
 Runs the real entry scripts as subprocesses on tiny demo data; skips where mpirun is absent
-(`bash tools/setup.sh --mpi` installs it; tests/run.sh does so).
+(`bash tools/env/setup.sh --mpi` installs it; tests/run.sh does so).
 """
 import os
 import shutil
@@ -14,10 +14,10 @@ import pytest
 
 from conftest import ROOT
 from jmodels import checkpoint
-from tools.make_demo_data import make_demo
+from jmodels.demo_data import make_demo
 
 needs_mpi = pytest.mark.skipif(shutil.which("mpirun") is None,
-                                reason="MPI is absent (no mpirun): bash tools/setup.sh --mpi installs it")
+                                reason="MPI is absent (no mpirun): bash tools/env/setup.sh --mpi installs it")
 
 VAE = ["--size", "64,48", "--ch", "8", "--ch_mult", "1,2,2,2", "--num_res_blocks", "1", "--norm_groups", "4",
        "--disc_ndf", "8", "--disc_layers", "2", "--disc_start", "1", "--batch_size", "4", "--lr", "1e-3",
@@ -37,7 +37,7 @@ def launch(np_, script, *args, threads=1):
     # One OpenMP thread per process unless asked: the kernels' own reduction order then does not change
     # with the machine's core count or with MPI's binding of ranks to cores, only the batch split does.
     env = dict(os.environ, NP=str(np_), FORCE_CPU="1", OMP_NUM_THREADS=str(threads))
-    cmd = ["bash", str(ROOT / "tools/launch.sh"), sys.executable, str(ROOT / script), *args]
+    cmd = ["bash", str(ROOT / "tools/env/launch.sh"), sys.executable, str(ROOT / script), *args]
     done = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -123,6 +123,6 @@ def test_two_processes_train_the_ldm_as_one_and_resume_under_any_count(vae_runs,
 
 def test_launch_refuses_a_process_count_without_mpi(tmp_path):
     env = dict(os.environ, NP="2", PATH=str(tmp_path))  # no mpirun on this PATH
-    done = subprocess.run([shutil.which("bash"), str(ROOT / "tools/launch.sh"), "true"], env=env,
+    done = subprocess.run([shutil.which("bash"), str(ROOT / "tools/env/launch.sh"), "true"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "need MPI" in done.stderr and "setup.sh --mpi" in done.stderr

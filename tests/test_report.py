@@ -1,5 +1,5 @@
-"""The proof-it-learns pieces: the held-out test folder (tools/holdout_test.py), the report's baselines and
-its end-to-end run on a tiny random run (tools/report.py), the judge's pooled features (a Fréchet distance
+"""The proof-it-learns pieces: the held-out test folder (tools/data/holdout_test.py), the report's baselines and
+its end-to-end run on a tiny random run (tools/eval/report.py), the judge's pooled features (a Fréchet distance
 that is zero for identical sets). Tiny networks: the plumbing and the arithmetic, not the quality."""
 import numpy as np
 import pytest
@@ -9,12 +9,13 @@ from conftest import tiny_run
 from jmodels.runtime import init_jittor
 
 jt = init_jittor(seed=0)
-import dataset  # noqa: E402
+from jmodels import data as dataset
 from jmodels import checkpoint  # noqa: E402
 from jmodels.checkpoint import state_arrays  # noqa: E402
 from jmodels.segmenter import Segmenter, SegmenterConfig  # noqa: E402
-from tools import holdout_test, report  # noqa: E402
-from tools.make_demo_data import make_demo  # noqa: E402
+from tools.data import holdout_test
+from tools.eval import report  # noqa: E402
+from jmodels.demo_data import make_demo  # noqa: E402
 
 
 def test_references_are_a_seeded_derangement():
@@ -83,8 +84,8 @@ def tiny_judge(path, held_out, data="x"):
 
 
 def test_judge_features_are_pooled_bottlenecks_and_their_distance_vanishes_on_equal_sets(tmp_path):
-    from tools.evaluate import judge_statistics
-    from tools.fid import frechet_distance
+    from jmodels.eval.results import judge_statistics
+    from jmodels.eval.fid import frechet_distance
     from jmodels.segmenter import load_judge
     judge = load_judge(tiny_judge(tmp_path / "j.npz", []))
     model = judge[0]
@@ -152,8 +153,8 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
     with pytest.raises(SystemExit, match="was trained on x, not"):
         report.main(argv[:6] + ["--judge", str(tiny_judge(tmp_path / "other.npz", []))] + argv[8:])
 
-    # tuned on one pair (tools/tune.py's file): the table scores the other two, and the tuning's tables follow
-    from tools import tune
+    # tuned on one pair (tools/experiments/tune.py's file): the table scores the other two, and the tuning's tables follow
+    from tools.experiments import tune
     for k in ("vae", "ldm"):  # both weights older than the outputs again
         os.utime(run / k / "ckpt.npz", (time.time() - 3600, time.time() - 3600))
     start = {k: entry.DEFAULTS[k] for k in tune.SEARCHED}

@@ -77,18 +77,27 @@ def test_jittor_starts_on_the_cpu_and_convolves():
     assert out.stdout.strip().splitlines()[-1] == "0 [1,3,4,4,] 18.0 8.0"  # interior 2*9, corner 2*4
 
 
-def test_jittor_imported_before_init_jittor_is_an_error_not_a_silent_misconfiguration():
-    """An entry script that imports a Jittor-importing module first (as report.py once did through
-    jmodels.segmenter) started Jittor without set-up's CUDA route; init_jittor must say so."""
+def test_jittor_imported_before_jmodels_is_an_error_not_a_silent_misconfiguration():
+    """An entry script that imports Jittor before jmodels (as report.py once did through jmodels.segmenter,
+    before the package configured Jittor on its import) starts Jittor without set-up's CUDA route; importing
+    jmodels must say so, and configuring afterwards does not make it right."""
     code = ("import jittor\n"
-            "from jmodels.runtime import configure_env, init_jittor\n"
-            "configure_env(gpu=False)\n"  # configuring after the import does not make it right
-            "try:\n    init_jittor()\nexcept RuntimeError as e:\n    print('raised:', e)\n")
+            "try:\n    import jmodels\nexcept RuntimeError as e:\n    print('raised:', e)\n")
     env = {**os.environ, "nvcc_path": ""}  # so that the early import itself does not crash on this machine
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1].startswith("raised: Jittor was imported before jmodels.runtime.init_jittor()")
+    assert out.stdout.strip().splitlines()[-1].startswith("raised: Jittor was imported before jmodels configured it")
+
+
+def test_importing_jmodels_configures_jittor_for_this_machine_before_its_import():
+    """The package's import is the bootstrap: a fresh process on this machine (nvcc, no GPU) imports a module
+    that imports Jittor at its top, from any folder, and Jittor starts on the CPU."""
+    code = "import jmodels.unet, jittor, os; print(repr(os.environ['nvcc_path']), jittor.flags.use_cuda)"
+    env = {k: v for k, v in os.environ.items() if k != "nvcc_path"}
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "'' 0"
 
 
 def test_a_child_killed_by_a_signal_is_a_return_code_not_the_end_of_the_process():

@@ -1,4 +1,4 @@
-"""tools/select_picks.py: the expert-vote picks by score and scene variety, the contact sheet and list, bad input."""
+"""tools/eval/select_picks.py: the expert-vote picks by score and scene variety, the contact sheet and list, bad input."""
 import json
 import os
 import shutil
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dataset
+from jmodels import data as dataset
 from conftest import ROOT, save_label
-from tools.make_demo_data import make_demo
-from tools.select_picks import CAPTION, CELL, main, pick, select
+from jmodels.demo_data import make_demo
+from tools.eval.select_picks import CAPTION, CELL, main, pick, select
 
 SKY, SEA, MOUNTAIN, GRASS, BUILDING, ROAD = 1, 3, 0, 12, 11, 23
 SCENES = {  # stem: bands of rows from the top (class, rows of 384): three seascapes, two mountains, a street
@@ -92,7 +92,7 @@ def test_tied_scores_give_one_picture_of_each_scene_type(one_reference, tmp_path
 
 def test_contact_sheet_rows_are_label_reference_output_with_names(one_reference):
     from jmodels.imageio import colorize
-    from tools.evaluate import resized
+    from jmodels.scoring import resized
     test, results, train = one_reference
     stems, sheet, _ = select(results, test, train, 3)
     grid = np.asarray(Image.open(sheet))
@@ -145,11 +145,11 @@ def test_too_many_picks_is_refused(one_reference):
 def test_script_with_a_judge_scores_by_the_per_image_contest_formula(one_reference, demo, tmp_path):
     """Run as a script, as run.sh runs the tools: the judge's mask accuracy and style give each pick's score."""
     from jmodels.pipeline import candidate_score
-    from tools import train_segmenter
+    from tools.eval import train_segmenter
     train_segmenter.main(["--data", str(demo / "train"), "--out", str(tmp_path / "judge"), "--size", "64,48",
                           "--batch_size", "2", "--max_steps", "2", "--ch", "8", "--holdout", "0.34", "--workers", "1"])
     test, results, train = one_reference
-    run = subprocess.run([sys.executable, str(ROOT / "tools/select_picks.py"), "--results", str(results),
+    run = subprocess.run([sys.executable, str(ROOT / "tools/eval/select_picks.py"), "--results", str(results),
                           "--input_path", str(test), "--img_path", str(train),
                           "--judge", str(tmp_path / "judge/ckpt.npz"), "--out", str(tmp_path / "picks")],
                          capture_output=True, text=True,

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from jmodels.style_metric import correl, hsv_hist, rgb_hist, rgb_to_hsv_cv, style_score
+from jmodels.scoring import correl, hsv_hist, rgb_hist, rgb_to_hsv_cv, style_score
 
 
 def flat(rgb, h=4, w=6):

@@ -1,4 +1,4 @@
-"""tools/tune.py: the split into a tuning and a report half, the paired-noise rule on made-up per-image
+"""tools/experiments/tune.py: the split into a tuning and a report half, the paired-noise rule on made-up per-image
 scores (closed form), the budget, and test_flags.json written by the search and read by test.py.
 Tiny random networks and 3 sampling steps: the plumbing, not the quality of what wins."""
 import json
@@ -11,9 +11,9 @@ from helpers import tiny_judge
 from jmodels.runtime import init_jittor
 
 jt = init_jittor(seed=0)
-import test as entry  # noqa: E402
-from tools import tune  # noqa: E402
-from tools.make_demo_data import make_demo  # noqa: E402
+from conftest import entry
+from tools.experiments import tune  # noqa: E402
+from jmodels.demo_data import make_demo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys, monkeypat
             "--axes", "guidance", "--budget", "6", "--batch_size", "2"]
     from jmodels import pipeline
     generations, best_of = [], pipeline.best_of
-    monkeypatch.setattr(pipeline, "best_of", lambda *a, **k: generations.append(a[1]["candidates"]) or best_of(*a, **k))
+    monkeypatch.setattr(pipeline, "best_of", lambda *a, **k: generations.append(a[1].candidates) or best_of(*a, **k))
     assert tune.main(args) == 0
     doc = json.loads((run / "test_flags.json").read_text())
     assert doc["flags"]["steps"] == 3 and "candidates" not in doc["flags"]  # the start differs from DEFAULTS

@@ -197,8 +197,8 @@ def test_training_and_generation_build_the_same_conditions(monkeypatch):
 
 
 def test_latent_cache_holds_both_flips_and_is_reused(tmp_path):
-    import dataset
-    from tools.make_demo_data import make_demo
+    from jmodels import data as dataset
+    from jmodels.demo_data import make_demo
     demo = make_demo(tmp_path / "demo", n_train=3, n_test=1, seed=3)
     run = ldm_state()
     plain = dataset.PairDataset(demo / "train", (48, 32), augment=False)

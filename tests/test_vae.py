@@ -1,4 +1,4 @@
-"""jmodels.vae against diffusers' AutoencoderKL (fixture from tools/make_vae_fixture.py), weight import, KL."""
+"""jmodels.vae against diffusers' AutoencoderKL (fixture from tests/fixtures/make_vae_fixture.py), weight import, KL."""
 from pathlib import Path
 
 import numpy as np

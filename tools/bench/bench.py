@@ -25,15 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from jmodels.presets import architecture
 
-SD_VAE = dict(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2, norm_groups=32)
-SMALL_VAE = dict(ch=32, ch_mult=(1, 2, 2, 4), num_res_blocks=1, norm_groups=16)
-FULL_UNET = dict(ch=128, ch_mult=(1, 2, 3, 4), num_res_blocks=2, attn_levels=(2, 3), head_dim=64,
-                 spade_hidden=128, norm_groups=32)
-SMALL_UNET = dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, attn_levels=(1, 2), head_dim=32, spade_hidden=64,
-                  norm_groups=32)
+ROOT = Path(__file__).resolve().parents[2]
+
+SD_VAE, SMALL_VAE = architecture("full", "vae"), architecture("demo", "vae")  # jmodels/presets.py
+FULL_UNET, SMALL_UNET = architecture("full", "ldm"), architecture("demo", "ldm")
 CASES = [  # network, name, config, image size (W, H), batch, time a training step
     ("vae", "sd-vae 512x384", SD_VAE, (512, 384), 1, True),
     ("vae", "sd-vae 512x384", SD_VAE, (512, 384), 4, False),  # a training step needs ~40 GB here
@@ -160,7 +157,7 @@ def torch_case(case, repeats, files):
             post = model.encode(x).latent_dist
             return (x - model.decode(post.sample()).sample).abs().sum() / b + 1e-6 * post.kl().mean()
     else:
-        from tools.bench.torch_twins import UNet
+        from torch_twins import UNet  # beside this script; imports torch
         model = UNet(config)
         doubled = [torch.cat([a, a]) for a in arrays]
         forward, sample = (lambda: model(*arrays)), (lambda: model(*doubled))

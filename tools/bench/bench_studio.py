@@ -3,7 +3,7 @@
     python tools/bench/bench_studio.py --run runs/small --input_path runs/small/holdout_test \
         --img_path ../shared/data/gaugan_proxy [--requests 10]
 
-Starts the real server (`tools/studio.py --port 0`, a subprocess) and times it until it prints
+Starts the real server (`tools/studio/server.py --port 0`, a subprocess) and times it until it prints
 "studio ready" (the run loaded, the warm-up generation done). Then, one after another, it asks
 for the first test labels with their own references, as the page does (POST /api/generate, poll
 /api/job every 50 ms, GET the result JPEG), and prints, per request and as min / median / max:
@@ -43,7 +43,7 @@ def main():
     ap.add_argument("--judge", default="runs/judge/ckpt.npz")
     ap.add_argument("--requests", type=int, default=10)
     args = ap.parse_args()
-    cmd = [sys.executable, str(ROOT / "tools/studio.py"), "--run", args.run, "--input_path", args.input_path,
+    cmd = [sys.executable, str(ROOT / "tools/studio/server.py"), "--run", args.run, "--input_path", args.input_path,
            "--img_path", args.img_path, "--judge", args.judge, "--port", "0"]
     t0 = time.perf_counter()
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)

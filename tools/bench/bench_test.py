@@ -8,14 +8,20 @@ its default schedule on procedural label maps; a short warm-up batch (kernel com
 timed. Prints the projected time for the 1000 images of a test set.
 """
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from jmodels.conditioning import STYLE_DIM
+from jmodels.demo_data import make_label, paint
+from jmodels.diffusion import GaussianDiffusion
+from jmodels.pipeline import Pipeline, generate
+from jmodels.presets import architecture
+from jmodels.runtime import init_jittor
+from jmodels.settings import GenerationSettings
+from jmodels.unet import UNet, UNetConfig
+from jmodels.vae import AutoencoderKL, VAEConfig
 
 
 def main():
@@ -23,21 +29,13 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--size", default="512,384", help="generation size W,H (the UNet runs at size/8)")
     args = ap.parse_args()
-    from jmodels.runtime import init_jittor
     jt = init_jittor(seed=0)
-    import test as entry
-    from jmodels.conditioning import STYLE_DIM
-    from jmodels.diffusion import GaussianDiffusion
-    from jmodels.pipeline import Pipeline, generate
-    from jmodels.unet import UNet, UNetConfig
-    from jmodels.vae import AutoencoderKL, VAEConfig
-    from tools.bench.bench import FULL_UNET as FULL
-    from tools.make_demo_data import make_label, paint
 
     size = tuple(int(v) for v in args.size.split(","))
-    pipe = Pipeline(AutoencoderKL(VAEConfig()), 0.2, UNet(UNetConfig(style_dim=STYLE_DIM, **FULL)), GaussianDiffusion(),
+    pipe = Pipeline(AutoencoderKL(VAEConfig(**architecture("full", "vae"))), 0.2,
+                    UNet(UNetConfig(style_dim=STYLE_DIM, **architecture("full", "ldm"))), GaussianDiffusion(),
                     size, Path("random"), Path("random"), 0, "ema")
-    cfg = dict(entry.DEFAULTS)
+    cfg = GenerationSettings()
     rng = np.random.default_rng(0)
     n = max(int(b) for b in args.batches.split(","))
     scenes = [make_label(rng, 512, 384) for _ in range(n)]
@@ -45,9 +43,9 @@ def main():
     refs = [paint(rng, lab, hor) for lab, hor in scenes]
     stems = [f"img{i}" for i in range(n)]
     device = "cuda" if jt.flags.use_cuda else "cpu"
-    generate(pipe, dict(cfg, steps=2), stems[:1], labels[:1], refs[:1], labels[:1])  # compile
-    print(f"device {device}; generation at {size[0]}x{size[1]}, default schedule: {cfg['sampler']}, "
-          f"{cfg['steps']} steps, strength {cfg['strength']}, guidance {cfg['guidance']}")
+    generate(pipe, GenerationSettings(steps=2), stems[:1], labels[:1], refs[:1], labels[:1])  # compile
+    print(f"device {device}; generation at {size[0]}x{size[1]}, default schedule: {cfg.sampler}, "
+          f"{cfg.steps} steps, strength {cfg.strength}, guidance {cfg.guidance}")
     print(f"{'batch':>5s} {'s/image':>8s} {'calls/image':>12s} {'1000 images':>12s}")
     for b in (int(v) for v in args.batches.split(",")):
         t0 = time.perf_counter()

@@ -1,0 +1,1 @@
+"""Experiments on held-out halves: tune test.py's settings, compare trained runs."""

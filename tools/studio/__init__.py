@@ -1,0 +1,1 @@
+"""The studio: a local web page to paint a label map and generate (server.py; the page in static/)."""
