@@ -13,6 +13,9 @@ import json
 import time
 from pathlib import Path
 
+import jmodels  # noqa: F401  first: sets Jittor's environment before Jittor loads (jmodels.runtime.boot)
+
+# isort: split
 import jittor as jt
 import numpy as np
 from tqdm import tqdm

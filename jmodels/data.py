@@ -46,7 +46,8 @@ def _open(path):
 
 
 def _check_size(path, what, got, size):
-    if got != tuple(size):
+    """True (with a warning) when a file is not `size` (W, H) and must be resized; size None: as it is."""
+    if size is not None and got != tuple(size):
         warnings.warn(f"{path}: {what} is {got[0]}x{got[1]}, expected {size[0]}x{size[1]}; resized")
         return True
     return False

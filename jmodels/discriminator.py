@@ -1,6 +1,7 @@
-"""The patch discriminator of stage 1 and its losses: hinge loss and latent-diffusion's adaptive weight.
+"""The patch discriminator of stages 1 and 3 and its losses: hinge loss and latent-diffusion's adaptive weight.
 
-Refs: Isola et al. 2017 (PatchGAN, `NLayerDiscriminator`); Esser et al. 2021 (taming transformers,
+Stage 3 (super-resolution) uses it too, with feature matching. Refs: Isola et al. 2017 (PatchGAN,
+`NLayerDiscriminator`); Wang et al. 2018 (pix2pixHD, feature matching); Esser et al. 2021 (taming transformers,
 adaptive weight, eq. 7); Rombach et al. 2022 (`LPIPSWithDiscriminator`).
 """
 import jittor as jt
@@ -32,6 +33,21 @@ class NLayerDiscriminator(nn.Module):
 
     def execute(self, x):
         return self.main(x)
+
+    def features(self, x):
+        """The activations after each LeakyReLU, then the logits: the targets of feature matching (Wang et al.
+        2018, pix2pixHD, eq. 4)."""
+        feats = []
+        for m in self.main:
+            x = m(x)
+            if isinstance(m, nn.LeakyReLU):
+                feats.append(x)
+        return feats + [x]
+
+
+def feature_matching(fake, real):
+    """Mean L1 between the discriminator's features of fakes and of the real images (held fixed)."""
+    return sum((f - r.detach()).abs().mean() for f, r in zip(fake[:-1], real[:-1])) / (len(fake) - 1)
 
 
 def hinge_d_loss(logits_real, logits_fake):

@@ -14,12 +14,14 @@ from PIL import Image
 
 from . import checkpoint
 from .checkpoint import CheckpointError
+from .classes import NUM_CLASSES
 from .color import reinhard_transfer
 from .conditioning import conditions, withhold
 from .diffusion import DiffusionConfig, GaussianDiffusion
 from .generate import calls_per_image, decode, encode_mean, sample
 from .imageio import to_uint8, to_unit
 from .scoring import candidate_score, judge_scores
+from .sr import SRConfig, SuperResolution, upscale
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
@@ -38,10 +40,16 @@ class Pipeline:
     ldm_path: Path
     ldm_step: int
     weights: str                # "ema" | "raw"
+    sr: object = None           # jmodels.sr.SuperResolution (EMA weights), or None: the run has no stage 3
+    sr_path: Path = None
 
     def describe(self):
+        w, h = self.train_size
+        third = (f"stage 3: {self.sr_path} (2x super-resolution, {sr_passes(self.train_size, self.sr_path)} pass(es) "
+                 f"to {OUT_SIZE[0]}x{OUT_SIZE[1]})" if self.sr is not None else
+                 f"no stage 3 (no {self.sr_path}): {w}x{h} is upscaled to {OUT_SIZE[0]}x{OUT_SIZE[1]} (Lanczos)")
         return (f"stage 1: {self.vae_path} (latent scale {self.latent_scale:.4f}); stage 2: {self.ldm_path}, "
-                f"step {self.ldm_step}, {self.weights} weights, trained at {self.train_size[0]}x{self.train_size[1]}")
+                f"step {self.ldm_step}, {self.weights} weights, trained at {w}x{h}; {third}")
 
 
 def load_vae(path):
@@ -64,8 +72,33 @@ def check_latent_scale(path, meta, scale, vae):
                               f"{scale}: another autoencoder; train stage 2 again (run.sh: FORCE=ldm)")
 
 
-def load(run_dir, weights="ema", ldm=""):
-    """The run in `run_dir` (vae/ckpt.npz, ldm/ckpt.npz); `ldm` names another stage-2 file (e.g. averaged)."""
+def sr_passes(size, sr_path=None):
+    """The 2x passes from a generation size (W, H) to the contest's 512x384; a ratio that is not a power of
+    two cannot be reached by the stage (the error names its checkpoint)."""
+    n = int(round(np.log2(OUT_SIZE[0] / size[0])))
+    if n < 0 or (size[0] << n, size[1] << n) != OUT_SIZE:
+        raise CheckpointError(f"{sr_path}: a 2x super-resolution stage cannot take {size[0]}x{size[1]} to "
+                              f"{OUT_SIZE[0]}x{OUT_SIZE[1]} (not a power of two); generate at another --size, or --sr 0")
+    return n
+
+
+def load_sr(path, scale):
+    """The stage-3 network (EMA weights), strictly; it must have been trained on this run's autoencoder."""
+    meta, groups = checkpoint.load(path)
+    if meta.get("kind") != "sr":
+        raise CheckpointError(f"{path}: not a stage-3 checkpoint (kind {meta.get('kind')!r})")
+    check_latent_scale(path, meta, scale, "this run's autoencoder")
+    config = SRConfig.from_dict(meta["config"])
+    if config.num_classes != NUM_CLASSES:
+        raise CheckpointError(f"{path}: trained for {config.num_classes} classes, the labels have {NUM_CLASSES}")
+    model = checkpoint.load_into(SuperResolution(config), groups["ema"], f"{path} [ema]")
+    model.eval()
+    return model
+
+
+def load(run_dir, weights="ema", ldm="", sr=""):
+    """The run in `run_dir` (vae/ckpt.npz, ldm/ckpt.npz and, when trained, sr/ckpt.npz); `ldm` and `sr` name
+    other files (e.g. an averaged stage 2)."""
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be ema or raw, got {weights!r}")
     vae_path = Path(run_dir) / "vae" / "ckpt.npz"
@@ -78,8 +111,14 @@ def load(run_dir, weights="ema", ldm=""):
     checkpoint.load_into(unet, groups["ema" if weights == "ema" else "model"], f"{ldm_path} [{weights}]")
     unet.eval()
     check_latent_scale(ldm_path, meta, scale, f"the VAE {vae_path}")
-    return Pipeline(vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])),
-                    tuple(meta["train"]["size"]), vae_path, ldm_path, int(meta["step"]), weights)
+    size = tuple(meta["train"]["size"])
+    sr_path = Path(sr) if sr else Path(run_dir) / "sr" / "ckpt.npz"
+    stage3 = None
+    if sr or sr_path.is_file():
+        stage3 = load_sr(sr_path, scale)
+        sr_passes(size, sr_path)
+    return Pipeline(vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])), size, vae_path,
+                    ldm_path, int(meta["step"]), weights, stage3, sr_path)
 
 
 def image_seed(stem, seed):
@@ -152,6 +191,8 @@ def generate(pipe, settings, stems, labels, refs, ref_labels, size=None, callbac
         z, calls = sample_latents(pipe, settings, stems, cond, z_start, strength, f"/refine{k}" if k else "",
                                   _after(callback, total))
         decoded = to_uint8(decode(pipe.vae, z, pipe.latent_scale))
+        if pipe.sr is not None and settings.sr and size != OUT_SIZE:  # stage 3, before the colour transfer
+            decoded = upscale(pipe.sr, decoded, labels, OUT_SIZE)
         images = [postprocess(im, lb, r, rl, settings) for im, lb, r, rl in zip(decoded, labels, refs, ref_labels)]
         total += calls
     return images, total

@@ -20,6 +20,7 @@ RANGES = {
     "guidance": (float, 1.0, 20.0),
     "color_transfer": (float, 0.0, 1.0),
     "color_per_class": (bool, 0, 1),
+    "sr": (bool, 0, 1),
     "candidates": (int, 1, 64),
     "seed": (int, 0, 2 ** 31 - 1),
 }
@@ -48,6 +49,7 @@ class GenerationSettings:
     color_transfer: float = 0.5      # Reinhard Lab transfer toward the reference, 0 (off) .. 1
     color_per_class: bool = True     # per class where the reference's label map has the class
     refine: tuple = ()               # refinement passes: the transferred output re-noised to each strength
+    sr: bool = True                  # stage 3 (the run's sr/ckpt.npz) up to 512x384, when the run has it
     candidates: int = 1              # best of N samples per image, picked by the judge
     seed: int = 0                    # with each file name, seeds the image's noise
 

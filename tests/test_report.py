@@ -106,7 +106,7 @@ def test_report_runs_end_to_end_on_a_tiny_run(demo, tmp_path):
     import os
     import time
 
-    import test as entry
+    from conftest import entry
     data = demo / "train"
     stems = dataset.split_stems(data, 0.5, 0)[1][:3]
     holdout_test.write(data, stems, tmp_path / "test", seed=0)

@@ -7,17 +7,17 @@ Jittor then builds for real with the system nvcc (CUDA 13: patched as tools/env/
 the pinned CUDA 12 headers (tools/env/requirements-cuda12.txt), JIT-compiles every kernel of the stages
 below for sm_90, and runs their host code (shape and dtype checks, op dispatch). Numbers are not
 computed: what passes is the build, not the arithmetic (docs/GPU.md says what that does not cover).
+Over 400 lines because the stub runtime, the fake machine and the stages it drives only work together.
     python tools/env/cuda_compile_check.py [--stages import,ops,train] [--out DIR]
 """
-import os
-import sys
-
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -379,6 +379,7 @@ def _jit_objects():
 def _stage_ops(dtype):
     """The CUDA kernels the project leans on, forward and backward, each compiled by nvcc for sm_90."""
     import jittor as jt
+
     from jmodels.layers import GroupNorm, attention
     jt.flags.use_cuda = 1
     before = _jit_objects()
@@ -404,6 +405,7 @@ def _stage_ops(dtype):
 def _stage_train(precision):
     """One training step of each stage's model (tiny configs) through the project's own code."""
     import jittor as jt
+
     from jmodels import runtime
     from jmodels.conditioning import STYLE_DIM
     from jmodels.optim import AdamW

@@ -4,18 +4,18 @@
 name, environment for Jittor's import, reason); `gather()` reads the facts off the machine; the CLI
 (`setup`, `env`, `patch`) is what tools/env/setup.sh and tools/env/gpu_check.sh call. What each route means,
 and what was and was not tried on a GPU: docs/GPU.md. Refs: Jittor 1.3.11 `compiler.py`,
-`compile_extern.py`, `jittor_utils/install_cuda.py`.
+`compile_extern.py`, `jittor_utils/install_cuda.py`. Over 400 lines because the decision, the facts it
+reads and the patches it applies to Jittor are one contract with docs/GPU.md and tests/test_cuda_route.py.
 """
-import os
-import sys
-
 import argparse
 import dataclasses
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 CPU, USER, SYSTEM, SYSTEM_NO_CUDNN, JITTOR_CUDA, CUDA13 = (

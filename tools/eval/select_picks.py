@@ -4,14 +4,14 @@
                                  --n 3 [--judge runs/judge/ckpt.npz] [--out <prefix>]
 
 Each output is scored as tools/eval/evaluate.py scores it: with a judge by the per-image contest formula
-(jmodels.pipeline.candidate_score of judge mask accuracy and style), without one by the style term alone.
+(jmodels.scoring.candidate_score of judge mask accuracy and style), without one by the style term alone.
 A label's scene type is its class histogram (fractions of pixels). The top-scoring image is taken
 first; each next pick is, among the images scoring at least the top quarter's lowest (n at least),
 the one whose histogram is farthest (L1) from every pick so far, ties to the higher score, then the
 earlier name. Writes <prefix>.png, a contact sheet (one row per pick: label in colour | reference |
 output, file names drawn), and <prefix>.txt, the list; <prefix> defaults to <results>_picks beside it.
-Not named tools/select.py: run as a script, every file in tools/ has tools/ first on sys.path, where a
-select.py stands in for the standard library's (selectors and subprocess use it, Jittor's compiler with them).
+Not named select.py: run as a script, its folder comes first on the module path, where a select.py would
+stand in for the standard library's (selectors and subprocess use it, Jittor's compiler with them).
 """
 import argparse
 import math
