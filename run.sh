@@ -20,11 +20,12 @@ RUN=${RUN:-runs/$SCALE}       # checkpoints, sample grids, results and logs of t
 DEMO=${DEMO:-data/demo}       # where the demo data is generated
 DEMO_FLAGS="--train 120 --test 24 --seed 0"
 VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
-LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (full-scale values: README.md)
+LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (the sizes' values: jmodels/presets.py)
+SR_FLAGS=${SR_FLAGS:-}        # extra train_sr.py flags
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/experiments/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm tune test picks report
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr tune test picks report
 JUDGE=${JUDGE:-runs/judge}    # the stand-in judge (<folder>/ckpt.npz) that tunes, picks and reports: half a of DATA
 JUDGE2=${JUDGE2:-runs/judge2} # a second judge (seed 1, half b) that scores best of N without having picked
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
@@ -34,7 +35,8 @@ NP=${NP:-${GPUS:-1}}          # training processes on any device (CPU: NP=2); > 
 if [ "$NP" -gt 1 ]; then bash tools/env/setup.sh --mpi; else bash tools/env/setup.sh; fi
 PY=.venv/bin/python
 # The recipe at this SCALE: jmodels/presets.py holds each stage's flags (demo: the scripts' own defaults)
-SCALE_VAE=$($PY -m jmodels.presets "$SCALE" vae) && SCALE_LDM=$($PY -m jmodels.presets "$SCALE" ldm) || exit 2
+SCALE_VAE=$($PY -m jmodels.presets "$SCALE" vae) && SCALE_LDM=$($PY -m jmodels.presets "$SCALE" ldm) \
+    && SCALE_SR=$($PY -m jmodels.presets "$SCALE" sr) || exit 2
 [ "$SCALE" != small ] || { DATA=${DATA:-../shared/data/gaugan_proxy}; TEST=${TEST:-holdout}; }
 TRAIN="env NP=$NP bash tools/env/launch.sh $PY"  # the training stages, as NP processes
 mkdir -p "$RUN"
@@ -48,7 +50,7 @@ redo() {  # redo STAGE PATH...: a forced stage starts over: its outputs and its 
     rm -rf "${@:2}"; [ ! -f "$RUN/times.tsv" ] || sed -i "/^$1\t/d" "$RUN/times.tsv"
 }
 older() {  # older PATH: PATH is missing or older than a checkpoint of this run (new weights: new outputs)
-    [ "$RUN/vae/ckpt.npz" -nt "$1" ] || [ "$RUN/ldm/ckpt.npz" -nt "$1" ]
+    [ "$RUN/vae/ckpt.npz" -nt "$1" ] || [ "$RUN/ldm/ckpt.npz" -nt "$1" ] || [ "$RUN/sr/ckpt.npz" -nt "$1" ]
 }
 REPORT=""                     # set below when the test folder is made from held-out pairs
 
@@ -88,7 +90,7 @@ if [ "$TEST" = holdout ]; then
     REPORT=1
 fi
 
-if [ -n "$REPORT" ]; then  # held-out pairs: tune test.py's settings on one half, report on the other
+if [ -n "$REPORT" ]; then  # held-out pairs: two stand-in judges (the second never picks)
     if [ ! -f "$JUDGE/ckpt.npz" ]; then
         banner "judge: the stand-in segmenter that scores layouts (half a of DATA) -> $JUDGE/ckpt.npz"
         timed judge $PY tools/eval/train_segmenter.py --data "$DATA" --out "$JUDGE" --part a
@@ -97,6 +99,17 @@ if [ -n "$REPORT" ]; then  # held-out pairs: tune test.py's settings on one half
         banner "judge2: a second judge (seed 1, the other half b) for best of N -> $JUDGE2/ckpt.npz"
         timed judge2 $PY tools/eval/train_segmenter.py --data "$DATA" --out "$JUDGE2" --seed 1 --part b
     fi
+fi
+
+banner "sr: stage 3, 2x super-resolution steered by the label -> $RUN/sr/ckpt.npz"
+if forced sr || forced vae; then  # a new autoencoder degrades the training inputs differently
+    redo sr "$RUN/sr"
+fi
+SR_JUDGE=()  # held-out runs: the chain's native-resolution realism in the stage's log
+[ -z "$REPORT" ] || SR_JUDGE=(--judge "$JUDGE/ckpt.npz")
+timed sr $TRAIN train_sr.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/sr" "${SR_JUDGE[@]}" $SCALE_SR $SR_FLAGS
+
+if [ -n "$REPORT" ]; then  # tune test.py's settings on one half of the held-out pairs, report on the other
     if forced tune || older "$RUN/test_flags.json"; then
         banner "tune: test.py's settings on half the held-out pairs -> $RUN/test_flags.json"
         redo tune "$RUN/test_flags.json"

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from jmodels import data as dataset
+from jmodels.classes import CLASS_NAMES
 from conftest import SHARED_DATA
 from jmodels.demo_data import make_demo
 
@@ -43,9 +44,9 @@ def test_demo_scenes_vary_in_layout_and_palette(demo):
     pairs = dataset.list_train_pairs(demo / "train")
     labels = [dataset.read_label(p.label) for p in pairs]
     classes = set(np.unique(np.concatenate([lab.ravel() for lab in labels])).tolist())
-    assert {dataset.CLASS_NAMES.index(c) for c in ("sky", "grass")} <= classes and len(classes) >= 6
+    assert {CLASS_NAMES.index(c) for c in ("sky", "grass")} <= classes and len(classes) >= 6
     for lab in labels:
-        assert (lab[0] == dataset.CLASS_NAMES.index("sky")).mean() > 0.5  # sky on top
+        assert (lab[0] == CLASS_NAMES.index("sky")).mean() > 0.5  # sky on top
     sky_means = [dataset.read_image(p.image)[:40].reshape(-1, 3).mean(0) for p in pairs]
     assert np.ptp(np.array(sky_means), axis=0).max() > 40  # palettes differ between images
 
@@ -69,7 +70,7 @@ def test_real_test_a_labels_are_16_bit_and_in_range():
     first = next(iter(labels.values()))
     assert Image.open(first).mode == "I;16"
     hist = dataset.class_histogram(list(labels.values())[:50])
-    assert hist.sum() == 50 * 512 * 384 and hist[dataset.CLASS_NAMES.index("sky")] > 0
+    assert hist.sum() == 50 * 512 * 384 and hist[CLASS_NAMES.index("sky")] > 0
 
 
 @needs_shared

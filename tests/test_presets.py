@@ -6,15 +6,16 @@ import sys
 import pytest
 
 import train_ldm
+import train_sr
 import train_vae
 from jmodels import cli
 from jmodels.presets import PRESETS, architecture, flags
 
-SCRIPTS = {"vae": train_vae, "ldm": train_ldm}
+SCRIPTS = {"vae": train_vae, "ldm": train_ldm, "sr": train_sr}
 
 
 @pytest.mark.parametrize("scale", sorted(PRESETS))
-@pytest.mark.parametrize("stage", ["vae", "ldm"])
+@pytest.mark.parametrize("stage", ["vae", "ldm", "sr"])
 def test_each_preset_parses_with_its_script_and_names_its_architecture(scale, stage):
     parsed = cli.parse(SCRIPTS[stage].DEFAULTS, flags(scale, stage).split())
     arch = architecture(scale, stage)

@@ -188,3 +188,22 @@ def test_test_py_with_the_stage_and_with_sr_0(tmp_path):
     on = generate(tmp_path / "on", "--batch_size", "1")
     assert set(on) == set(without) and all(on[k] != without[k] for k in on)
     assert generate(tmp_path / "on3", "--batch_size", "3") == on  # byte-identical across batch sizes
+
+
+def test_the_native_resolution_measure_cuts_full_resolution_crops_and_its_sanity_rows(tmp_path):
+    from helpers import tiny_judge
+    from jmodels.eval.results import native_crops, native_fd, native_sanity
+    from jmodels.segmenter import load_judge
+    image = np.arange(48 * 64 * 3, dtype=np.int64).reshape(48, 64, 3) % 251
+    crops = native_crops([image.astype(np.uint8)], (16, 12))
+    assert crops.shape == (16, 12, 16, 3)
+    np.testing.assert_array_equal(crops[5], image[12:24, 16:32].astype(np.uint8))  # row by row
+    judge = load_judge(tiny_judge(tmp_path / "judge.npz"))  # judges 64x48 crops
+    rng = np.random.default_rng(5)
+    photos = np.stack([np.repeat(np.repeat(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), 8, 0), 8, 1)
+                       + rng.integers(0, 30, (192, 256, 3), dtype=np.uint8) for _ in range(3)])
+    assert native_fd(judge, photos, photos) == pytest.approx(0.0, abs=1e-6)
+    rows = native_sanity(judge, photos, photos, tiny_sr(), [np.full((192, 256), 12)] * 3)
+    assert list(rows) == ["real photos", "4x down, bicubic up", "2x down, bicubic up", "4x down, stage 3 up"]
+    assert rows["real photos"] == pytest.approx(0.0, abs=1e-6)
+    assert rows["4x down, bicubic up"] > rows["2x down, bicubic up"] > 1e-3  # texture lost grows with the factor

@@ -180,7 +180,7 @@ def test_training_and_generation_build_the_same_conditions(monkeypatch):
     run = ldm_state(dict(CFG, p_drop_mask=0.0, p_drop_style=0.0))
     run.vae.quant_conv.bias.update(jt.zeros(8))  # log-variance near 0: a posterior sample is far from the mean
     b = batch()
-    monkeypatch.setattr(conditioning, "reference_crop", lambda rng, hw, min_side=0.5: (0, 0, hw[0], hw[1]))
+    monkeypatch.setattr(train_ldm, "reference_crop", lambda rng, hw, min_side=0.5: (0, 0, hw[0], hw[1]))
     _, mask, style, _ = train_ldm.make_inputs(run, b, np.random.default_rng(0))
     z_ref = generate.encode_mean(run.vae, b["image"], run.scale)
     cond = conditioning.conditions(b["label"], to_uint8(b["image"]), z_ref)

@@ -112,3 +112,20 @@ def native_fd(judge, images, real_images):
     fake = pooled_features(model, native_crops(images, size))
     real = pooled_features(model, native_crops(real_images, size))
     return float(frechet_distance(*statistics(fake), *statistics(real)))
+
+
+def native_sanity(judge, photos, real_images, sr=None, labels=None):
+    """The measure's sanity rows, {row: native_fd} over `photos` (N, 384, 512, 3) uint8 against `real_images`:
+    the photos themselves, downscaled 4x and 2x and bicubic-upscaled back, and (with the stage-3 network `sr`
+    and the photos' label maps) downscaled 4x and super-resolved back: the stage's own ceiling."""
+    from ..sr import upscale
+    size = (photos.shape[2], photos.shape[1])
+
+    def down_up(k):
+        small = [resized(p, (size[0] // k, size[1] // k)) for p in photos]
+        return np.stack([resized(s, size) for s in small])
+    rows = {"real photos": photos, "4x down, bicubic up": down_up(4), "2x down, bicubic up": down_up(2)}
+    if sr is not None:
+        small = np.stack([resized(p, (size[0] // 4, size[1] // 4)) for p in photos])
+        rows["4x down, stage 3 up"] = upscale(sr, small, labels, size)
+    return {name: native_fd(judge, images, real_images) for name, images in rows.items()}
