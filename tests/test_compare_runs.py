@@ -12,7 +12,6 @@ from jmodels.runtime import init_jittor
 jt = init_jittor(seed=0)
 from conftest import entry
 from jmodels import contest  # noqa: E402
-from jmodels.settings import GenerationSettings  # noqa: E402
 from tools.experiments import compare_runs, tune  # noqa: E402
 from jmodels.demo_data import make_demo  # noqa: E402
 

@@ -5,7 +5,9 @@
 Full-scale networks (Stable Diffusion's VAE, the README's full-scale UNet) with random weights:
 speed does not depend on the values. Runs `jmodels.pipeline.generate`, test.py's own path, with
 its default schedule on procedural label maps; a short warm-up batch (kernel compilation) is not
-timed. Prints the projected time for the 1000 images of a test set.
+timed. Prints the projected time for the 1000 images of a test set. `--sr small,full` also times stage 3
+(random weights, the preset's network) taking one image to 512x384: from 128x96 (small: two passes) and
+from 256x192 (full: one pass), beside test.py's own time per image.
 """
 import argparse
 import time
@@ -20,6 +22,7 @@ from jmodels.pipeline import Pipeline, generate
 from jmodels.presets import architecture
 from jmodels.runtime import init_jittor
 from jmodels.settings import GenerationSettings
+from jmodels.sr import SRConfig, SuperResolution, upscale
 from jmodels.unet import UNet, UNetConfig
 from jmodels.vae import AutoencoderKL, VAEConfig
 
@@ -28,8 +31,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--size", default="512,384", help="generation size W,H (the UNet runs at size/8)")
+    ap.add_argument("--sr", default="", help="also time stage 3 at these presets (small,full); empty: no")
+    ap.add_argument("--only_sr", type=int, default=0, help="1: stage 3 alone (skip the full-scale generation)")
     args = ap.parse_args()
     jt = init_jittor(seed=0)
+    if args.sr:
+        time_sr([s for s in args.sr.split(",") if s])
+    if args.only_sr:
+        return
 
     size = tuple(int(v) for v in args.size.split(","))
     pipe = Pipeline(AutoencoderKL(VAEConfig(**architecture("full", "vae"))), 0.2,
@@ -52,6 +61,24 @@ def main():
         _, calls = generate(pipe, cfg, stems[:b], labels[:b], refs[:b], labels[:b])
         per = (time.perf_counter() - t0) / b
         print(f"{b:5d} {per:8.2f} {calls:12d} {per * 1000 / 3600:10.2f} h", flush=True)
+
+
+def time_sr(presets, repeats=3):
+    """Seconds per image of stage 3 to 512x384 with each preset's network (median of `repeats`, after a
+    warm-up that compiles the kernels)."""
+    rng = np.random.default_rng(0)
+    label = make_label(rng, 512, 384)[0]
+    for name in presets:
+        start = (128, 96) if name != "full" else (256, 192)
+        model = SuperResolution(SRConfig(**architecture(name, "sr")))
+        image = rng.integers(0, 256, (1, start[1], start[0], 3), dtype=np.uint8)
+        upscale(model, image, [label], (512, 384))  # compile
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            upscale(model, image, [label], (512, 384))
+            times.append(time.perf_counter() - t0)
+        print(f"stage 3 ({name} preset, {start[0]}x{start[1]} -> 512x384): {np.median(times):.2f} s/image", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import time
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 import cuda_route  # beside this script: tools/env/
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CACHE = Path(os.environ.get("JMODELS_CUDA_CACHE", "~/.cache/jmodels-cuda")).expanduser()
 REQS = ROOT / "tools" / "env" / "requirements-cuda12.txt"
