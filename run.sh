@@ -25,7 +25,7 @@ SR_FLAGS=${SR_FLAGS:-}        # extra train_sr.py flags
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/experiments/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr tune test picks report
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr tune test picks report sr_report
 JUDGE=${JUDGE:-runs/judge}    # the stand-in judge (<folder>/ckpt.npz) that tunes, picks and reports: half a of DATA
 JUDGE2=${JUDGE2:-runs/judge2} # a second judge (seed 1, half b) that scores best of N without having picked
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
@@ -144,4 +144,10 @@ if [ -n "$REPORT" ] && { forced report || older "$RUN/report.md" || [ "$RUN/test
         --judge "$JUDGE/ckpt.npz" --flags "$TEST_FLAGS"
 fi
 
-banner "done: $RUN, $RESULTS.zip${REPORT:+, $RUN/report.md}"
+if [ -n "$REPORT" ] && { forced sr_report || older "$RUN/sr_report.md" || [ "$RUN/test_flags.json" -nt "$RUN/sr_report.md" ]; }; then
+    banner "sr_report: stage 3 against --sr 0 on the report half, the native measure's sanity rows -> $RUN/sr_report.md"
+    timed sr_report $PY tools/eval/sr_report.py --run "$RUN" --data "$DATA" --test "$TEST" \
+        --judge "$JUDGE/ckpt.npz" --judge2 "$JUDGE2/ckpt.npz"
+fi
+
+banner "done: $RUN, $RESULTS.zip${REPORT:+, $RUN/report.md, $RUN/sr_report.md}"

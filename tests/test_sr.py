@@ -207,3 +207,36 @@ def test_the_native_resolution_measure_cuts_full_resolution_crops_and_its_sanity
     assert list(rows) == ["real photos", "4x down, bicubic up", "2x down, bicubic up", "4x down, stage 3 up"]
     assert rows["real photos"] == pytest.approx(0.0, abs=1e-6)
     assert rows["4x down, bicubic up"] > rows["2x down, bicubic up"] > 1e-3  # texture lost grows with the factor
+
+
+def test_sr_report_scores_both_rows_on_the_same_noise_and_writes_its_sheet(tmp_path):
+    from PIL import Image
+
+    from helpers import tiny_judge
+    from tools.data import holdout_test
+    from tools.eval import sr_report
+    demo = make_demo(tmp_path / "demo", n_train=6, n_test=1, seed=4)
+    data = demo / "train"
+    stems = sorted(p.stem for p in (data / "imgs").iterdir())[:3]
+    holdout_test.write(data, stems, tmp_path / "test", seed=0)
+    run = tiny_run(tmp_path / "run", data=str(data), holdout=0.5, seed=0)
+    sr_checkpoint(run / "sr/ckpt.npz")
+    judge = tiny_judge(tmp_path / "judge.npz", data=data)
+    argv = ["--run", str(run), "--data", str(data), "--test", str(tmp_path / "test"), "--judge", str(judge),
+            "--judge2", str(judge), "--batch_size", "2"]
+    assert sr_report.main(argv) == 0
+    text = (run / "sr_report.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert {"stage 3", "--sr 0 (Lanczos)", "stage 3 minus --sr 0 (paired)", "real photos",
+            "4x down, bicubic up", "2x down, bicubic up", "4x down, stage 3 up"} <= set(rows)
+
+    def means(row):
+        return [float(c.split(" ± ")[0]) for c in rows[row].split(" | ")[1:4]]
+    diff = np.subtract(means("stage 3"), means("--sr 0 (Lanczos)"))
+    np.testing.assert_allclose(means("stage 3 minus --sr 0 (paired)"), diff, atol=2e-4)  # 4-decimal rounding
+    assert means("stage 3")[1] == means("stage 3")[2]  # the same judge twice: the same accuracies
+    with Image.open(run / "sr_crops.png") as im:
+        assert im.size[1] > 3 * 96 and im.size[0] > 3 * 128
+    with pytest.raises(SystemExit, match="sr/ckpt.npz not found: run.sh's sr stage makes it"):
+        (run / "sr/ckpt.npz").unlink()
+        sr_report.main(argv)
