@@ -222,8 +222,10 @@ def test_sr_report_scores_both_rows_on_the_same_noise_and_writes_its_sheet(tmp_p
     run = tiny_run(tmp_path / "run", data=str(data), holdout=0.5, seed=0)
     sr_checkpoint(run / "sr/ckpt.npz")
     judge = tiny_judge(tmp_path / "judge.npz", data=data)
+    other = tmp_path / "copy.npz"  # the same file elsewhere: its row must equal stage 3's
+    other.write_bytes((run / "sr/ckpt.npz").read_bytes())
     argv = ["--run", str(run), "--data", str(data), "--test", str(tmp_path / "test"), "--judge", str(judge),
-            "--judge2", str(judge), "--batch_size", "2"]
+            "--judge2", str(judge), "--batch_size", "2", "--compare", str(other)]
     assert sr_report.main(argv) == 0
     text = (run / "sr_report.md").read_text()
     rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
@@ -235,6 +237,7 @@ def test_sr_report_scores_both_rows_on_the_same_noise_and_writes_its_sheet(tmp_p
     diff = np.subtract(means("stage 3"), means("--sr 0 (Lanczos)"))
     np.testing.assert_allclose(means("stage 3 minus --sr 0 (paired)"), diff, atol=2e-4)  # 4-decimal rounding
     assert means("stage 3")[1] == means("stage 3")[2]  # the same judge twice: the same accuracies
+    assert rows[f"stage 3: {other}"].split(" | ")[1:] == rows["stage 3"].split(" | ")[1:]
     with Image.open(run / "sr_crops.png") as im:
         assert im.size[1] > 3 * 96 and im.size[0] > 3 * 128
     with pytest.raises(SystemExit, match="sr/ckpt.npz not found: run.sh's sr stage makes it"):

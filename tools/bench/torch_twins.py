@@ -1,11 +1,16 @@
-"""PyTorch twin of jmodels.unet.UNet, for side-by-side benchmarks only (PyTorch is a dev extra).
+"""PyTorch twins of the Jittor networks, for the side-by-side benchmark and its parity test only.
 
-Same layers, same parameter names and the same function as the Jittor network, so one state dict
-loads into both (tools/bench/bench.py checks the outputs agree before timing). Never imported by
-the product: training and test.py need no PyTorch.
+`UNet` mirrors jmodels.unet.UNet (guided-diffusion's `input_blocks` / `middle` / `output_blocks`
+layout): same layers, same parameter names, same function, so one state dict loads into both.
+The VAE's twin is diffusers' AutoencoderKL (`vae_twin`), whose names jmodels.vae follows. `build`
+loads Jittor's weights strictly: a twin that no longer follows its network raises, never runs.
+Never imported by the product: training and test.py need no PyTorch (tools/bench/bench.py and
+tests/test_torch_twins.py run it in another Python, one with torch).
 """
+import json
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -29,13 +34,14 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1, self.conv1 = SPADE(in_ch, c), nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2, self.conv2 = SPADE(out_ch, c), nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.norm2, self.dropout = SPADE(out_ch, c), nn.Dropout(c["dropout"])
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
     def forward(self, x, emb, mask):
         h = self.conv1(F.silu(self.norm1(x, mask)))
         scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.conv2(F.silu(self.norm2(h, mask) * (1 + scale) + shift))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h, mask) * (1 + scale) + shift)))
         return (x if self.skip is None else self.skip(x)) + h
 
 
@@ -49,7 +55,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.shape
-        t = self.group_norm(x).reshape(b, c, h * w).transpose(1, 2)
+        t = self.group_norm(x).reshape(b, c, h * w).transpose(1, 2)  # (B, HW, C)
         q, k, v = (f(t).reshape(b, h * w, self.heads, -1).transpose(1, 2) for f in (self.to_q, self.to_k, self.to_v))
         o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
         return x + self.to_out(o).transpose(1, 2).reshape(b, c, h, w)
@@ -66,6 +72,15 @@ class Block(nn.Module):
         return x if self.attn is None else self.attn(x)
 
 
+class Downsample(nn.Module):
+    def __init__(self, ch):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
 class Upsample(nn.Module):
     def __init__(self, ch):
         super().__init__()
@@ -73,6 +88,13 @@ class Upsample(nn.Module):
 
     def forward(self, x):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def timestep_embedding(t, dim, max_period=10000):
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], 1)
 
 
 class UNet(nn.Module):
@@ -83,48 +105,76 @@ class UNet(nn.Module):
         self.c, emb_dim, widths = c, 4 * c["ch"], [c["ch"] * m for m in c["ch_mult"]]
         self.time_embed = nn.Sequential(nn.Linear(c["ch"], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.style_embed = nn.Sequential(nn.Linear(c["style_dim"], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.conv_in = nn.Conv2d(c["in_channels"], widths[0], 3, padding=1)
-        self.down, self.downsample, skips, ch = nn.ModuleList(), nn.ModuleList(), [widths[0]], widths[0]
+        self.input_blocks = nn.ModuleList([nn.Conv2d(c["in_channels"], widths[0], 3, padding=1)])
+        skips, ch = [widths[0]], widths[0]
         for lvl, w in enumerate(widths):
             for _ in range(c["num_res_blocks"]):
-                self.down.append(Block(ch, w, emb_dim, c, lvl in c["attn_levels"]))
+                self.input_blocks.append(Block(ch, w, emb_dim, c, lvl in c["attn_levels"]))
                 ch = w
                 skips.append(ch)
             if lvl < len(widths) - 1:
-                self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                self.input_blocks.append(Downsample(ch))
                 skips.append(ch)
-        self.mid = nn.ModuleList([Block(ch, ch, emb_dim, c, True), Block(ch, ch, emb_dim, c, False)])
-        self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
+        self.middle = nn.ModuleList([Block(ch, ch, emb_dim, c, True), Block(ch, ch, emb_dim, c, False)])
+        self.output_blocks = nn.ModuleList()
         for lvl in reversed(range(len(widths))):
             for _ in range(c["num_res_blocks"] + 1):
-                self.up.append(Block(ch + skips.pop(), widths[lvl], emb_dim, c, lvl in c["attn_levels"]))
+                self.output_blocks.append(Block(ch + skips.pop(), widths[lvl], emb_dim, c, lvl in c["attn_levels"]))
                 ch = widths[lvl]
             if lvl > 0:
-                self.upsample.append(Upsample(ch))
+                self.output_blocks.append(Upsample(ch))
         self.norm_out = nn.GroupNorm(c["norm_groups"], ch, eps=1e-6)
         self.conv_out = nn.Conv2d(ch, c["in_channels"], 3, padding=1)
 
     def forward(self, x, t, mask, style):
-        half = self.c["ch"] // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
-        args = t.float()[:, None] * freqs[None]
-        emb = self.time_embed(torch.cat([torch.cos(args), torch.sin(args)], 1)) + self.style_embed(style)
-        n, hs = self.c["num_res_blocks"], [self.conv_in(x)]
+        emb = self.time_embed(timestep_embedding(t, self.c["ch"])) + self.style_embed(style)
 
-        def mask_at(h):
-            s = mask.shape[2] // h
+        def mask_at(h):  # NEAREST by pixel-centre sampling, as the Jittor network
+            s = mask.shape[2] // h.shape[2]
             return mask[:, :, s // 2::s, s // 2::s] if s > 1 else mask
 
-        for lvl in range(len(self.c["ch_mult"])):
-            for i in range(n):
-                hs.append(self.down[lvl * n + i](hs[-1], emb, mask_at(hs[-1].shape[2])))
-            if lvl < len(self.downsample):
-                hs.append(self.downsample[lvl](hs[-1]))
-        h = hs[-1]
-        for block in self.mid:
-            h = block(h, emb, mask_at(h.shape[2]))
-        for j, block in enumerate(self.up):
-            h = block(torch.cat([h, hs.pop()], 1), emb, mask_at(h.shape[2]))
-            if (j + 1) % (n + 1) == 0 and (j + 1) // (n + 1) <= len(self.upsample):
-                h = self.upsample[(j + 1) // (n + 1) - 1](h)
+        h, skips = x, []
+        for block in self.input_blocks:
+            h = block(h, emb, mask_at(h)) if isinstance(block, Block) else block(h)
+            skips.append(h)
+        for block in self.middle:
+            h = block(h, emb, mask_at(h))
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], 1), emb, mask_at(h)) if isinstance(block, Block) else block(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def vae_twin(c):
+    """diffusers' AutoencoderKL in the shape of jmodels.vae's; `c` is VAEConfig.to_dict()."""
+    from diffusers import AutoencoderKL
+    n = len(c["ch_mult"])
+    return AutoencoderKL(in_channels=c["in_channels"], out_channels=c["in_channels"],
+                         latent_channels=c["latent_channels"], block_out_channels=tuple(c["ch"] * m for m in c["ch_mult"]),
+                         layers_per_block=c["num_res_blocks"], norm_num_groups=c["norm_groups"],
+                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n)
+
+
+def build(net, config, weights):
+    """The twin of `net` ("vae" | "unet") for the Jittor config dict, holding the Jittor weights ({name: array}).
+    Strict: a missing or unexpected name, or a shape that differs, raises with the list (torch's message)."""
+    model = vae_twin(config) if net == "vae" else UNet(config)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}, strict=True)
+    return model
+
+
+def parity_outputs(src, dst):
+    """For tests/test_torch_twins.py: the twin's outputs on the inputs of `src` (an .npz of `net`, `config`
+    JSON, weights `w/<name>`, inputs `in/<i>`) written to `dst`: the UNet's prediction, or the VAE's
+    posterior mean and log-variance of the images and the decoding of the latents."""
+    with np.load(src) as f:
+        net, config = str(f["net"]), json.loads(str(f["config"]))
+        weights = {k[2:]: f[k] for k in f.files if k.startswith("w/")}
+        args = [torch.from_numpy(f[f"in/{i}"]) for i in range(sum(k.startswith("in/") for k in f.files))]
+    model = build(net, config, weights).eval()
+    with torch.no_grad():
+        if net == "unet":
+            out = {"out": model(*args)}
+        else:
+            post = model.encode(args[0]).latent_dist
+            out = {"mean": post.mean, "logvar": post.logvar, "decoded": model.decode(args[1]).sample}
+    np.savez(dst, **{k: v.numpy() for k, v in out.items()})

@@ -11,7 +11,8 @@ under each judge (mean ± standard error over images), the paired difference sta
 standard error, the judge FD (the judge's features of whole images against training photos) and the native
 FD (jmodels.eval.results.native_fd: the judge's features of 1:1 crops at 512x384 against the same crops of
 training photos). Sanity rows: the held-out photos themselves, downscaled 4x and 2x and bicubic-upscaled,
-and downscaled 4x and super-resolved by the stage. Writes <run>/sr_report.md and <run>/sr_crops.png
+and downscaled 4x and super-resolved by the stage. --compare adds a row per other stage-3 checkpoint (the
+same run otherwise): how the training inputs' degradation shows on real stage-2 outputs. Writes <run>/sr_report.md and <run>/sr_crops.png
 (one pair per row: --sr 0 | stage 3 | the real photo, a 128x96 crop at full resolution each).
 """
 import argparse
@@ -44,10 +45,12 @@ def report_items(run, items):
     return [it for it in items if it.stem in half], f"the report half of {path} (tuned on the other)"
 
 
-def rows(pipe, settings, judges, inputs, batch_size):
-    """{row: (images, {per-image series})} for stage 3 and --sr 0, the same noise per image."""
+def rows(pipe, settings, judges, inputs, batch_size, others=()):
+    """{row: (images, {per-image series})} for stage 3, --sr 0 and each other stage-3 checkpoint of `others`
+    ([(name, Pipeline)]), the same noise per image."""
     out = {}
-    for name, sr in (("stage 3", True), ("--sr 0 (Lanczos)", False)):
+    runs = [("stage 3", pipe, True), ("--sr 0 (Lanczos)", pipe, False)] + [(n, p, True) for n, p in others]
+    for name, pipe, sr in runs:
         images, judged, calls = generate_judged(pipe, judges[0], settings.updated({"sr": sr}), inputs, batch_size)
         series = {"style": [s for _, s in judged], "mask accuracy (judge)": [a for a, _ in judged]}
         for k, judge in enumerate(judges[1:], 2):
@@ -90,6 +93,8 @@ def main(argv=None):
     ap.add_argument("--judge2", default="", help="a second judge that scores too")
     ap.add_argument("--real_max", type=int, default=300, help="training photos for the FDs, at most")
     ap.add_argument("--batch_size", type=int, default=4)
+    ap.add_argument("--compare", default="", help="other stage-3 checkpoints, comma-separated (e.g. one trained on "
+                                                  "clean downscales: train_sr.py --p_vae 0 --noise 0), one row each")
     args = ap.parse_args(argv)
     run = Path(args.run)
     try:
@@ -111,7 +116,8 @@ def main(argv=None):
     reals = np.stack([read_image(p) for p in real_image_paths(args.data, exclude, args.real_max)])
     judge_fd, fd_note = judge_fd_to(judges[0], args.data, exclude, args.real_max)
     real_crops = native_crops(reals, judges[0][1])
-    results = rows(pipe, settings, judges, inputs, args.batch_size)
+    others = [(f"stage 3: {c}", pipeline.load(run_dir, sr=c)) for c in args.compare.split(",") if c]
+    results = rows(pipe, settings, judges, inputs, args.batch_size, others)
     lines = [f"# Stage 3 on {run}", "", f"{len(items)} held-out pairs ({which}); test.py's settings of the run; "
              f"{pipe.describe()}.", "", *table(results, judge_fd, lambda im: native_fd(judges[0], im, reals)), "",
              f"judge FD: {fd_note}. native FD: the same judge's features of {judges[0][1][0]}x{judges[0][1][1]} "
