@@ -1,5 +1,6 @@
 """Stage 3: train the label-steered 2x super-resolution network (L1 + patch GAN on image and label + feature
-matching), on inputs degraded as generated images are (the frozen stage-1 autoencoder's round trip, noise).
+matching, + a VGG19 perceptual term when --vgg names its weights), on inputs degraded as generated images are
+(the frozen stage-1 autoencoder's round trip, noise).
 
     python train_sr.py [--name value ...]     (every default below; `--help` lists them)
 
@@ -29,6 +30,7 @@ from jmodels.eval.results import native_fd
 from jmodels.imageio import psnr, save_grid, to_uint8, to_unit
 from jmodels.lr_schedule import lr_at
 from jmodels.optim import AdamW, LossScale
+from jmodels.perceptual import VGGFeatures, perceptual_loss
 from jmodels.pipeline import load_vae
 from jmodels.plots import draw_curves
 from jmodels.runtime import autocast, init_jittor, memory
@@ -51,6 +53,7 @@ DEFAULTS = dict(
     warmup_steps=0, lr_floor=1.0,  # linear warm-up, then cosine decay to lr_floor * lr (1.0: constant)
     max_steps=600,
     l1_weight=1.0, gan_weight=0.05, fm_weight=1.0,  # the generator's loss: L1 + hinge GAN + feature matching
+    vgg="", perceptual_weight=1.0,  # optional: torchvision's VGG19 weights file adds a perceptual term
     disc_start=200, disc_ndf=32, disc_layers=3,   # the discriminator sees image and one-hot label
     ema_decay=0.999,
     precision="tf32",           # GPU only: fp32 | tf32 | bf16 | fp16 (docs/GPU.md)
@@ -68,7 +71,8 @@ def sr_config(cfg):
 
 
 def new_state(cfg, config, vae, scale):
-    """A fresh stage-3 run: the network, its EMA twin, the discriminator (image + label in) and their optimizers."""
+    """A fresh stage-3 run: the network, its EMA twin, the discriminator (image + label in) and their optimizers;
+    the frozen VGG19 of the perceptual term when `cfg["vgg"]` names its weights."""
     model = SuperResolution(config)
     disc = NLayerDiscriminator(3 + config.num_classes, cfg["disc_ndf"], cfg["disc_layers"])
     parallel.start_equal(model, disc)
@@ -78,7 +82,8 @@ def new_state(cfg, config, vae, scale):
                       EMA(model, SuperResolution(config), cfg["ema_decay"]),
                       {"opt": AdamW(model.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw),
                        "opt_d": AdamW(disc.named_parameters(), loss_scale=LossScale() if fp16 else None, **kw)},
-                      fixed_meta={"latent_scale": scale}, vae=vae, scale=scale)
+                      fixed_meta={"latent_scale": scale}, vae=vae, scale=scale,
+                      vgg=VGGFeatures(cfg["vgg"]) if cfg["vgg"] else None)
 
 
 def inputs(run, batch, micro):
@@ -97,12 +102,16 @@ def train_step(run, micro_batches):
     parallel.seed_step(cfg["seed"] + run.step)
     run.opt.lr = run.opt_d.lr = lr_at(run.step, cfg["lr"], cfg["warmup_steps"], cfg["max_steps"], cfg["lr_floor"])
     gan_on = run.step >= cfg["disc_start"]
-    stats = {"l1": 0.0, "g": 0.0, "fm": 0.0, "d": 0.0}
+    stats = {"l1": 0.0, "g": 0.0, "fm": 0.0, "d": 0.0, **({"perceptual": 0.0} if run.vgg is not None else {})}
     for micro, batch in enumerate(micro_batches):
         x, label, hr = inputs(run, batch, micro)
         out = autocast(run.model, cfg["precision"])(x, label)
         l1 = (out - hr).abs().mean()
         loss = cfg["l1_weight"] * l1
+        if run.vgg is not None:
+            perceptual = perceptual_loss(run.vgg, out, hr)
+            loss = loss + cfg["perceptual_weight"] * perceptual
+            stats["perceptual"] += perceptual.item() / accum
         if gan_on:
             fake, real = run.disc.features(jt.concat([out, label], 1)), run.disc.features(jt.concat([hr, label], 1))
             g_loss, fm = -fake[-1].mean(), feature_matching(fake, real)

@@ -243,3 +243,35 @@ def test_sr_report_scores_both_rows_on_the_same_noise_and_writes_its_sheet(tmp_p
     with pytest.raises(SystemExit, match="sr/ckpt.npz not found: run.sh's sr stage makes it"):
         (run / "sr/ckpt.npz").unlink()
         sr_report.main(argv)
+
+
+def test_the_perceptual_term_reads_user_weights_strictly_and_compares_vgg_features(tmp_path):
+    from jittor.models.vgg import vgg19
+
+    from helpers import write_safetensors
+    from jmodels.checkpoint import state_arrays
+    from jmodels.perceptual import CONV5_4, VGGFeatures, perceptual_loss
+    net = vgg19().features
+    arrays = {f"features.{k}": v for k, v in state_arrays(net).items()}
+    write_safetensors(tmp_path / "vgg19.safetensors", {**arrays, "classifier.0.bias": np.zeros(4, np.float32)})
+    vgg = VGGFeatures(tmp_path / "vgg19.safetensors")
+    rng = np.random.default_rng(6)
+    x, y = (jt.array(rng.uniform(-1, 1, (1, 3, 32, 48)).astype(np.float32)) for _ in range(2))
+    h = (((x + 1) / 2) - jt.array([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)) / jt.array(
+        [0.229, 0.224, 0.225]).reshape(1, 3, 1, 1)
+    for i in range(CONV5_4):  # torchvision's features[:35], ImageNet-normalised input
+        h = net[i](h)
+    np.testing.assert_allclose(vgg(x).numpy(), h.numpy(), rtol=1e-4, atol=1e-5)
+    assert vgg(x).shape == (1, 512, 2, 3)
+    assert perceptual_loss(vgg, x, x).item() == 0.0 and perceptual_loss(vgg, x, y).item() > 0
+    cfg = dict(CFG, vgg=str(tmp_path / "vgg19.safetensors"))
+    run = train_sr.new_state(cfg, train_sr.sr_config(cfg), tiny_vae(), 0.5)
+    batch = {"hr": rng.uniform(-1, 1, (2, 3, 48, 64)).astype(np.float32), "lr": rng.uniform(-1, 1, (2, 3, 24, 32))
+             .astype(np.float32), "label": rng.integers(0, 29, (2, 48, 64))}
+    assert train_sr.train_step(run, [batch])["perceptual"] > 0  # the term is in the generator's loss
+    write_safetensors(tmp_path / "partial.safetensors", {k: v for k, v in arrays.items() if k != "features.34.bias"})
+    with pytest.raises(CheckpointError, match=r"partial.safetensors \[vgg19 features\]"):
+        VGGFeatures(tmp_path / "partial.safetensors")
+    write_safetensors(tmp_path / "other.safetensors", {"encoder.conv_in.weight": np.zeros(3, np.float32)})
+    with pytest.raises(CheckpointError, match="other.safetensors: no `features.\\*` weights"):
+        VGGFeatures(tmp_path / "other.safetensors")
