@@ -1,4 +1,10 @@
 """jmodels.vae against diffusers' AutoencoderKL (fixture from tests/fixtures/make_vae_fixture.py), weight import, KL."""
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +17,7 @@ from jmodels import checkpoint  # noqa: E402
 from jmodels.vae import AutoencoderKL, VAEConfig, kl_divergence  # noqa: E402
 from jmodels import public_vae  # noqa: E402
 from helpers import write_safetensors  # noqa: E402
+import weight_fuzz  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = VAEConfig(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4)
@@ -113,3 +120,101 @@ def test_torch_pickle_read_without_torch():
     state = public_vae.read_torch(FIXTURES / "tiny_torch.ckpt")
     np.testing.assert_array_equal(state["first_stage_model.quant_conv.bias"], np.arange(8.0))
     np.testing.assert_array_equal(state["first_stage_model.post_quant_conv.weight"][:, :, 0, 0], np.eye(4))
+
+
+def subprocess_readers(*args):
+    """tests/weight_fuzz.py in its own process (a reader that crashes fails the test, not the run): stdout."""
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "weight_fuzz.py"), *args], capture_output=True,
+                         text=True, timeout=300, env=dict(os.environ, FORCE_CPU="1"))
+    assert out.returncode == 0, (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
+    return out.stdout
+
+
+VIEWS = [  # [offset, size, stride] over a storage of 4 floats, and what the reader must say
+    ([0, [1000], [1]], "refused: .*view0.ckpt: tensor x: offset 0, size \\[1000\\] and stride \\[1\\] reach past its "
+                       "storage 0 of 4 FloatStorage values"),  # before: 966 values of the process's memory
+    ([0, [100_000_000], [1]], "refused: .*tensor x: .*reach past its storage"),  # before: a segmentation fault
+    ([3, [2], [1]], "refused: .*tensor x: .*reach past its storage"),
+    ([0, [2, 2], [3, 1]], "refused: .*tensor x: .*reach past its storage"),
+    ([5, [0], [1]], "refused: .*tensor x: .*reach past its storage"),
+    ([-1, [2], [1]], "refused: .*tensor x: .*are not a tensor's"),
+    ([0, [2], [-1]], "refused: .*tensor x: .*are not a tensor's"),
+    ([0, [2, 3], [1]], "refused: .*tensor x: .*are not a tensor's"),
+    ([0, [0, 2 ** 62, 2 ** 62], [1, 1, 1]], "refused: .*tensor x: .*are not a tensor's"),
+    ([1, [3], [1]], "read: \\[2.0, 3.0, 4.0\\]"),
+    ([0, [2, 2], [1, 2]], "read: \\[\\[1.0, 3.0\\], \\[2.0, 4.0\\]\\]"),
+    ([3, [], []], "read: 4.0"),
+    ([4, [0, 5], [5, 1]], "read: \\[\\]"),
+]
+
+
+def test_crafted_torch_tensors_are_refused_naming_the_file_and_key():
+    lines = subprocess_readers("--views", json.dumps([v for v, _ in VIEWS])).splitlines()
+    assert len(lines) == len(VIEWS), lines
+    for line, (view, want) in zip(lines, VIEWS):
+        assert re.match(want, line), (view, line)
+
+def test_crafted_torch_pickles_and_storages_are_refused(tmp_path):
+    path = tmp_path / "bad.ckpt"
+    good = weight_fuzz.torch_pickle({"x": ("0", "FloatStorage", 0, (4,), (1,), 4)})
+    path.write_bytes(weight_fuzz.torch_zip(good, {}))  # the storage file is missing
+    with pytest.raises(checkpoint.CheckpointError, match="bad.ckpt: storage 0: KeyError"):
+        public_vae.read_torch(path)
+    path.write_bytes(weight_fuzz.torch_zip(good, {"0": b"\0" * 7}))  # not whole floats
+    with pytest.raises(checkpoint.CheckpointError, match="bad.ckpt: tensor x: storage 0 holds 7 bytes"):
+        public_vae.read_torch(path)
+    path.write_bytes(weight_fuzz.torch_zip(good[:-5], {"0": b"\0" * 16}))  # the pickle cut short
+    with pytest.raises(checkpoint.CheckpointError, match="bad.ckpt: archive/data.pkl is not a readable PyTorch pickle"):
+        public_vae.read_torch(path)
+    named = good.replace(b"ctorch\nFloatStorage\n", weight_fuzz._str("EvilStorage"))  # a type by a name of its own
+    path.write_bytes(weight_fuzz.torch_zip(named, {"0": b"\0" * 16}))
+    with pytest.raises(checkpoint.CheckpointError, match="storage 0 has unsupported type 'EvilStorage'"):
+        public_vae.read_torch(path)
+
+
+def _st(tmp_path, header, body=b"\0" * 16):
+    path = tmp_path / "crafted.safetensors"
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head)) + head + body)
+    return path
+
+
+@pytest.mark.parametrize("entry, why", [
+    ({"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}, "not a range inside the 16 bytes"),
+    ({"dtype": "F32", "shape": [4], "data_offsets": [-4, 12]}, "not a range inside"),
+    ({"dtype": "F32", "shape": [4], "data_offsets": [12, 4]}, "not a range inside"),
+    ({"dtype": "F32", "shape": [2 ** 62, 2 ** 62], "data_offsets": [0, 16]}, "holding under"),
+    ({"dtype": "F32", "shape": [0, 2 ** 62, 2 ** 62], "data_offsets": [0, 0]}, "holding under"),
+    ({"dtype": "F32", "shape": [-1], "data_offsets": [0, 16]}, "not a list of sizes >= 0"),
+    ({"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}, "needs 12 bytes, data_offsets give 16"),
+    ({"dtype": "Q99", "shape": [4], "data_offsets": [0, 16]}, "unsupported dtype 'Q99'"),
+    ({"dtype": ["F32"], "shape": [4], "data_offsets": [0, 16]}, "unsupported dtype"),
+    ([1, 2], "its header entry is not an object"),
+])
+def test_crafted_safetensors_entries_are_refused_naming_the_file_and_key(tmp_path, entry, why):
+    with pytest.raises(checkpoint.CheckpointError, match=f"crafted.safetensors: tensor w: .*{why}"):
+        public_vae.read_safetensors(_st(tmp_path, {"w": entry}))
+
+
+def test_crafted_safetensors_files_are_refused(tmp_path):
+    overlap = {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+               "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}
+    with pytest.raises(checkpoint.CheckpointError, match="tensor b: its bytes overlap those of a"):
+        public_vae.read_safetensors(_st(tmp_path, overlap))
+    with pytest.raises(checkpoint.CheckpointError, match="its header is not JSON"):
+        public_vae.read_safetensors(_st(tmp_path, b"{not json"))
+    with pytest.raises(checkpoint.CheckpointError, match="its header is not JSON"):
+        public_vae.read_safetensors(_st(tmp_path, b"\xff\xfe\xfd"))
+    with pytest.raises(checkpoint.CheckpointError, match="not a JSON object"):
+        public_vae.read_safetensors(_st(tmp_path, b"[1]"))
+    path = tmp_path / "short.safetensors"
+    path.write_bytes(struct.pack("<Q", 2 ** 63) + b"{}")
+    with pytest.raises(checkpoint.CheckpointError, match="short.safetensors: .*header length runs past the end"):
+        public_vae.read_safetensors(path)
+
+
+def test_fuzzed_weight_files_only_read_as_arrays_or_are_refused():
+    """A seeded fuzz of both readers (truncations, byte flips, extreme integers, crafted tensor views) in its
+    own process: a crash fails this test instead of ending the test run."""
+    out = subprocess_readers("--seed", "0", "--cases", "400")
+    assert re.search(r"^400 cases: \d+ read as arrays, \d+ refused with CheckpointError$", out, re.M), out
