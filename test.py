@@ -7,7 +7,9 @@ naming it). Each image starts from its reference's latent noised to --strength, 
 DPM-Solver++(2M) under classifier-free guidance (at most 40 UNet calls by default), decoded,
 upscaled to 512x384 and moved toward the reference's colours in Lab. The noise of an image is
 seeded by its file name, so outputs do not depend on batch size or order. Each JPEG is written to
-a temporary name and renamed; --resume 1 keeps the valid outputs of an interrupted run.
+a temporary name and renamed; --resume 1 keeps the valid outputs of an interrupted run. A write that
+fails (a full disk) stops the run with one line naming the file and the reason; the images already
+written stay whole, and --resume 1 finishes the job once there is space.
 Optional: --refine S[,S...] adds passes that re-noise the transferred output to each strength and
 sample again; --candidates N writes the best of N samples by the judge (jmodels.pipeline.best_of).
 Settings tuned by tools/experiments/tune.py in <run>/test_flags.json are the defaults when present; a
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 from jmodels import cli, contest, pipeline
+from jmodels.atomic import WriteError
 from jmodels.checkpoint import CheckpointError
 from jmodels.data import DataError, list_test_items
 from jmodels.runtime import init_jittor
@@ -84,13 +87,19 @@ def main(argv=None):
         print(f"warning: {out} also holds {len(extra)} other file(s), e.g. {extra[0]}; the zip leaves them out")
     print(f"{len(items)} labels, {len(items) - len(todo)} already done; models from {run_dir}, "
           f"generating at {size[0]}x{size[1]}")
-    failed, calls, secs = contest.generate_all(pipe, settings, todo, inputs, out, size, cfg["batch_size"], judge)
+    try:
+        failed, calls, secs = contest.generate_all(pipe, settings, todo, inputs, out, size, cfg["batch_size"], judge)
+    except WriteError as e:
+        sys.exit(f"error: {e} (the images written so far are whole: free some space, then add --resume 1)")
     print(f"written {len(todo) - len(failed)}, skipped {len(items) - len(todo)}, failed {len(failed)}; "
           f"{secs:.2f} s per image, {calls} UNet calls per image")
     for stem, why in failed:
         print(f"  failed {stem}: {why}")
     if cfg["zip"] and not failed:
-        print(f"zip: {contest.write_zip(out, [it.stem for it in items])}")
+        try:
+            print(f"zip: {contest.write_zip(out, [it.stem for it in items])}")
+        except WriteError as e:
+            sys.exit(f"error: {e} (every image is written: free some space, then add --resume 1 for the zip)")
     return 1 if failed else 0
 
 

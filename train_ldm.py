@@ -10,6 +10,7 @@ Re-running resumes exactly; a finished run returns at once.
 Refs: Rombach et al. 2022 (latent diffusion); Wang et al. 2022 (SDM); Ho & Salimans 2022 (guidance).
 """
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jmodels import checkpoint, cli, generate, parallel, pipeline
+from jmodels.atomic import WriteError
 from jmodels.checkpoint import CheckpointError
 from jmodels.conditioning import STYLE_DIM, conditions, reference_crop
 from jmodels.data import BatchLoader, PairDataset, collate, split_stems
@@ -246,4 +248,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except WriteError as e:  # a full disk: one line, and the last checkpoint written is still whole (jmodels.atomic)
+        sys.exit(f"error: {e}")

@@ -9,6 +9,7 @@ every checkpoint). Re-running resumes from the checkpoint; a finished run return
 Refs: Rombach et al. 2022 (latent diffusion, `LPIPSWithDiscriminator`); Esser et al. 2021 (eq. 7).
 """
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jmodels import checkpoint, cli, parallel
+from jmodels.atomic import WriteError
 from jmodels.data import BatchLoader, PairDataset, split_stems
 from jmodels.discriminator import NLayerDiscriminator, adaptive_weight, hinge_d_loss
 from jmodels.ema import EMA
@@ -215,4 +217,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except WriteError as e:  # a full disk: one line, and the last checkpoint written is still whole (jmodels.atomic)
+        sys.exit(f"error: {e}")

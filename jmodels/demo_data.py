@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .atomic import write_bytes, write_text
 from .classes import CLASS_NAMES
+from .imageio import encode
 
 C = {name: i for i, name in enumerate(CLASS_NAMES)}
 
@@ -164,7 +166,7 @@ def flickr_stem(rng):
 
 
 def save_label(lab, path):
-    Image.fromarray(lab.astype(np.uint16)).save(path)  # 16-bit I;16, as the contest's files
+    write_bytes(path, encode(lab.astype(np.uint16), format="PNG"))  # 16-bit I;16, as the contest's files
 
 
 def make_demo(out, n_train, n_test, seed=0, size=(512, 384)):
@@ -182,7 +184,7 @@ def make_demo(out, n_train, n_test, seed=0, size=(512, 384)):
         for _ in range(n_train):
             stem = flickr_stem(rng)
             lab, horizon = make_label(rng, *size)
-            Image.fromarray(paint(rng, lab, horizon)).save(tmp / "train/imgs" / f"{stem}.jpg", quality=95)
+            write_bytes(tmp / "train/imgs" / f"{stem}.jpg", encode(paint(rng, lab, horizon), format="JPEG", quality=95))
             save_label(lab, tmp / "train/labels" / f"{stem}.png")
             train_stems.append(stem)
         mapping = {}
@@ -190,7 +192,7 @@ def make_demo(out, n_train, n_test, seed=0, size=(512, 384)):
             stem = flickr_stem(rng)
             save_label(make_label(rng, *size)[0], tmp / "test/val_A_labels_resized" / f"{stem}.png")
             mapping[f"{stem}.png"] = f"{train_stems[rng.integers(n_train)]}.jpg"
-        (tmp / "test/label_to_img.json").write_text(json.dumps(mapping, indent=1))
+        write_text(tmp / "test/label_to_img.json", json.dumps(mapping, indent=1))
         tmp.rename(out)
     finally:
         if tmp.exists():

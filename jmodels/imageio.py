@@ -1,10 +1,12 @@
-"""Image helpers for training and evaluation: [-1, 1] arrays to uint8, PSNR, PNG grids and JPEGs written atomically."""
+"""Image helpers for training and evaluation: [-1, 1] arrays to uint8, PSNR, PNG grids and JPEGs written atomically
+(encoded in memory, then written whole through jmodels.atomic: a full disk raises, it never leaves half a file)."""
+import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_file
+from .atomic import write_bytes
 from .classes import NUM_CLASSES
 
 
@@ -36,15 +38,19 @@ def save_grid(rows, path, pad=2):
         for j, img in enumerate(row):
             y, x = pad + i * (h + pad), pad + j * (w + pad)
             grid[y:y + h, x:x + w] = img
-    with atomic_file(path) as f:
-        Image.fromarray(grid).save(f, format="PNG")
-    return Path(path)
+    return write_bytes(path, encode(grid, format="PNG"))
+
+
+def encode(image, **save_args):
+    """An array as the bytes of an image file: Image.save's arguments (format=...)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, **save_args)
+    return buf.getvalue()
 
 
 def save_jpeg(image, path):
     """(H, W, 3) uint8 -> a JPEG as the contest entry writes them (quality 95, no chroma subsampling), atomically."""
-    with atomic_file(path) as f:
-        Image.fromarray(image).save(f, format="JPEG", quality=95, subsampling=0)
+    return write_bytes(path, encode(image, format="JPEG", quality=95, subsampling=0))
 
 
 def palette(num_classes=NUM_CLASSES, seed=3):

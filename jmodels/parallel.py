@@ -14,6 +14,8 @@ import os
 import jittor as jt
 import numpy as np
 
+from .atomic import LineLog
+
 
 def is_main():
     return jt.rank == 0
@@ -81,8 +83,9 @@ def print0(*args, **kw):
 
 
 def open_log(path):
-    """The run's log, opened for appending on rank 0; a sink on the other ranks."""
+    """The run's log, opened for appending whole lines on rank 0 (a full disk raises WriteError and leaves no
+    half line: jmodels.atomic.LineLog); a sink on the other ranks."""
     if not is_main():
         return open(os.devnull, "w")
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path.open("a")
+    return LineLog(path)

@@ -18,11 +18,13 @@ are left (every training photo is a test stem), both Fréchet distances are left
 """
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from jmodels.atomic import write_text
 from jmodels.data import DataError, list_test_items, read_image
 from jmodels.eval.results import MIN_REAL, frechet_to_real, judge_statistics, real_image_paths, score, too_few_real
 from jmodels.runtime import init_jittor
@@ -89,10 +91,11 @@ def main(argv=None):
         total, weight = contest_total(s["mask_accuracy"], s["style"], args.aesthetic, fid)
         print(f"  total over the present terms   {total:8.4f}   (they carry {weight:.1f} of the bracket's 1.0)")
     path = Path(args.csv) if args.csv else results.parent / f"{results.name}.csv"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(s["rows"][0]))
-        w.writeheader()
-        w.writerows(s["rows"])
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=list(s["rows"][0]))
+    w.writeheader()
+    w.writerows(s["rows"])
+    write_text(path, table.getvalue())  # whole or not at all (jmodels.atomic)
     print(f"  per image: {path}")
 
 

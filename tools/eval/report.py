@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from jmodels import checkpoint
-from jmodels.atomic import atomic_file
+from jmodels.atomic import atomic_file, write_text
 from jmodels.classes import NUM_CLASSES
 from jmodels.data import DataError, list_test_items, list_train_pairs, read_image, read_label, split_stems
 from jmodels.eval.heldout import report_cells, report_heads
@@ -90,7 +90,7 @@ def start_folder(out, stamp):
     if out.exists() and (not path.is_file() or json.loads(path.read_text()) != stamp):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stamp))
+    write_text(path, json.dumps(stamp))
 
 
 def stage_times(run):
