@@ -7,7 +7,9 @@ Pure numpy + Pillow; importing this module has no side effects. The data check o
 top-level command `python dataset.py <train root> [--test <test dir>]`.
 """
 import collections
+import io
 import json
+import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from .classes import NUM_CLASSES
 from .imageio import to_unit
 
 CONTEST_SIZE = (512, 384)  # (W, H) of every contest image, label and output
+MAX_PIXELS = 25_000_000  # width x height of any image read, checked from its header before decoding (a contest
+# image is 196,608; Pillow's own guard only fires past ~179 M, as a DecompressionBombError traceback)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 SHOW = 5  # how many offending names an error lists
 
@@ -34,13 +38,43 @@ def _few(names):
     return ", ".join(names[:SHOW]) + more
 
 
+def image_header(source):
+    """(format, (W, H)) of an image file (a path or its bytes) from its header alone, or None when no format
+    reads it. What Image.open does, without its decompression-bomb check: a bomb is measured, not raised."""
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    with fp:
+        prefix = fp.read(16)
+        Image.init()
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            result = accept(prefix) if accept else True
+            if not result or isinstance(result, str):  # a str: the format, in a variant Pillow cannot read
+                continue
+            fp.seek(0)
+            try:
+                im = factory(fp, "")
+                return im.format, im.size
+            except (SyntaxError, IndexError, TypeError, ValueError, struct.error, OSError):
+                continue
+    return None
+
+
+def check_pixels(name, size):
+    """Refuse an image over MAX_PIXELS, naming it, its size and the limit."""
+    if size[0] * size[1] > MAX_PIXELS:
+        raise DataError(f"{name} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels; the limit is {MAX_PIXELS:,}")
+
+
 def _open(path):
     try:
+        header = image_header(path)
+        if header is not None:
+            check_pixels(path, header[1])  # before decoding: an image bomb is refused, not decoded
         img = Image.open(path)
         img.load()  # decode now so that a truncated file fails here, with its name
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({e})") from None
     return img
 

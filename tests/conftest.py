@@ -2,6 +2,8 @@
 project root on the tests' path: they import the entry scripts and tools/ by name; nothing else does.)"""
 import importlib.util
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,16 @@ def save_label(arr, path, mode="I;16"):
     else:
         img = Image.fromarray(arr.astype(np.uint8)).convert(mode)
     img.save(path)
+
+
+def bomb_png(width, height):
+    """A 1-bit PNG announcing width x height pixels in a few hundred bytes (its pixel data cut short): an image
+    bomb, to be refused from its header before anything decodes it."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = zlib.compress(b"\0" * (1 + (width + 7) // 8) * 16)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
 
 
 @pytest.fixture

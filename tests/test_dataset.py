@@ -9,7 +9,7 @@ from PIL import Image
 
 from jmodels import data as dataset
 from jmodels.data import DataError
-from conftest import save_label
+from conftest import bomb_png, save_label
 
 LAB = np.arange(384 * 512).reshape(384, 512) % 29  # every class, known per pixel
 
@@ -46,6 +46,27 @@ def test_non_image_png_raises(tmp_path):
     (tmp_path / "text.png").write_text("not a png")
     with pytest.raises(DataError, match=r"text\.png: not a readable image"):
         dataset.read_label(tmp_path / "text.png")
+
+
+@pytest.mark.parametrize("size, read", [((30000, 30000), dataset.read_label), ((30000, 30000), dataset.read_image),
+                                        ((5001, 5000), dataset.read_image)])
+def test_image_bombs_are_refused_from_their_header_naming_the_file(tmp_path, size, read):
+    """Over 25 Mpx: refused before decoding (Pillow's own guard raised DecompressionBombError, a traceback, only
+    past ~179 Mpx; between the two the pixels were decoded)."""
+    (tmp_path / "bomb.png").write_bytes(bomb_png(*size))
+    pixels = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels; the limit is 25,000,000"
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'bomb.png'} is {pixels}")):
+        read(tmp_path / "bomb.png")
+
+
+def test_test_py_names_a_bomb_among_its_inputs_before_any_network_work(tmp_path, train_dir):
+    from conftest import entry
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test/bomb.png").write_bytes(bomb_png(30000, 30000))
+    (tmp_path / "test/label_to_img.json").write_text(json.dumps({"bomb.png": "s0.jpg"}))
+    with pytest.raises(SystemExit, match=re.escape("bomb.png is 30000x30000 = 900,000,000 pixels; the limit is")):
+        entry.main(["--input_path", str(tmp_path / "test"), "--img_path", str(train_dir), "--output_path",
+                    str(tmp_path / "out"), "--run", str(tmp_path / "no_run_needed")])
 
 
 def test_rgb_label_with_differing_channels_raises(tmp_path):
