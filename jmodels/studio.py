@@ -20,12 +20,13 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from . import pipeline
+from .atomic import write_bytes
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .contest import load_inputs
-from .data import IMAGE_EXTS, DataError, TestItem, list_test_items, read_image, read_label
+from .data import IMAGE_EXTS, MAX_PIXELS, DataError, TestItem, image_header, list_test_items, read_image, read_label
 from .imageio import colorize, palette, save_jpeg
 from .pipeline import OUT_SIZE
 from .scoring import judge_scores, style_score
@@ -34,7 +35,7 @@ from .settings import RANGES, SettingsError
 W, H = OUT_SIZE
 LIMITS = dict(
     upload_bytes=10 * 2 ** 20,   # an uploaded label or reference file
-    upload_pixels=25_000_000,    # its width x height, checked from the header before decoding
+    upload_pixels=MAX_PIXELS,    # its width x height, checked from the header before decoding (25,000,000)
     json_bytes=2 ** 20,          # a generate request (a painted label is 196,608 ids, base64)
     waiting=8,                   # jobs queued behind the running one
     page=100,                    # thumbnails per page
@@ -80,11 +81,10 @@ def sniff_image(data, what):
     """Refuse an upload that is not an image or is too large, from its header alone: -> (W, H)."""
     if len(data) > LIMITS["upload_bytes"]:
         raise StudioError(413, f"{what} is {len(data):,} bytes; the limit is {LIMITS['upload_bytes']:,}")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            size, fmt = im.size, im.format
-    except (UnidentifiedImageError, OSError, SyntaxError):
-        raise StudioError(400, f"{what} is not an image (PNG or JPEG expected)") from None
+    header = image_header(data)  # Image.open would raise past ~179 Mpx (a 500) before our limit is checked
+    if header is None:
+        raise StudioError(400, f"{what} is not an image (PNG or JPEG expected)")
+    fmt, size = header
     if size[0] * size[1] > LIMITS["upload_pixels"]:
         raise StudioError(413, f"{what} is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels; "
                                f"the limit is {LIMITS['upload_pixels']:,}")
@@ -197,7 +197,7 @@ class Studio:
         size = sniff_image(data, shown)
         path = self.tmp / "uploads" / f"label-{next(self.ids)}.png"
         path.parent.mkdir(exist_ok=True)
-        path.write_bytes(data)
+        write_bytes(path, data)
         try:
             label = read_label(path)
         except DataError as e:
@@ -250,7 +250,7 @@ class Studio:
         size = sniff_image(data, "the uploaded reference")
         raw = self.tmp / "uploads" / f"raw-{next(self.ids)}"
         raw.parent.mkdir(exist_ok=True)
-        raw.write_bytes(data)
+        write_bytes(raw, data)
         try:
             image = read_image(raw)
         except DataError:
@@ -258,7 +258,7 @@ class Studio:
         finally:
             raw.unlink()
         name = f"upload-{next(self.ids)}.png"
-        (self.tmp / "uploads" / name).write_bytes(png_bytes(image))
+        write_bytes(self.tmp / "uploads" / name, png_bytes(image))
         with self.lock:
             self.uploads[name] = self.tmp / "uploads" / name
             while len(self.uploads) > KEEP_UPLOADS:
@@ -327,7 +327,7 @@ class Studio:
         if not isinstance(stem, str) or not STEM.fullmatch(stem):
             raise StudioError(400, "label stem must be 1-120 letters, digits, '_', '-' or '.'")
         path = folder / "input.png"
-        path.write_bytes(png_bytes(ids.reshape(H, W)))
+        write_bytes(path, png_bytes(ids.reshape(H, W)))
         return stem, path
 
     def _forget_old_jobs(self):
@@ -382,8 +382,8 @@ class Studio:
             images, calls = pipeline.generate(self.pipe, job.settings, *inputs, callback=progress)
         job.phase = "scoring"
         save_jpeg(images[0], job.folder / "result.jpg")
-        (job.folder / "label.png").write_bytes(png_bytes(job.label))
-        (job.folder / "label_colour.png").write_bytes(png_bytes(colorize(job.label)))
+        write_bytes(job.folder / "label.png", png_bytes(job.label))
+        write_bytes(job.folder / "label_colour.png", png_bytes(colorize(job.label)))
         result = read_image(job.folder / "result.jpg")  # scored as the contest sees it: the JPEG
         job.result = {"style": round(style_score(result, job.ref), 4), "mask_accuracy": None,
                       "unet_calls": calls, "files": ["result.jpg", "label.png", "label_colour.png"]}

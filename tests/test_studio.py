@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import save_label, tiny_run
+from conftest import bomb_png, save_label, tiny_run
 from jmodels.runtime import init_jittor
 
 jt = init_jittor(seed=0)
@@ -80,10 +80,13 @@ def listing(folder):
 
 
 def call(world, method, path, body=None, headers=None, port=None):
-    """(status, headers, body bytes) of one request; a dict body is sent as JSON."""
+    """(status, headers, body bytes) of one request; a dict body is sent as JSON. A POST goes with the content
+    type the page sends (JSON to /api/generate, octet-stream for uploads) unless `headers` are given."""
     conn = http.client.HTTPConnection("127.0.0.1", port or world["port"], timeout=60)
     if isinstance(body, dict):
         body = json.dumps(body).encode()
+    if method == "POST" and headers is None:
+        headers = {"Content-Type": "application/json" if path.startswith("/api/generate") else "application/octet-stream"}
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -260,7 +263,8 @@ def test_malformed_requests_get_400_and_the_server_lives_on(world):
     assert error(world, "POST", "/api/generate", b'{"label": ').startswith("malformed JSON: ")
     assert error(world, "POST", "/api/generate", b"\xff\xfe").startswith("malformed JSON: ")
     assert error(world, "POST", "/api/generate", b"[1, 2]") == "the request body must be a JSON object"
-    line, body = raw_request(world, b"POST /api/generate HTTP/1.1\r\nHost: x\r\n\r\n")
+    line, body = raw_request(world, f"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1:{world['port']}\r\n"
+                                    "Content-Type: application/json\r\n\r\n".encode())
     assert line.endswith("411 Length Required") and b"Content-Length" in body
     limit = studio_state.LIMITS["json_bytes"]
     assert "the limit is" in error(world, "POST", "/api/generate", b" " * (limit + 1), status=413)
@@ -395,6 +399,115 @@ def test_a_failing_generation_is_reported_and_the_worker_goes_on(world, monkeypa
     assert "no file" in error(world, "GET", f"/api/job_file?id={job}&name=result.jpg", status=404)
     monkeypatch.undo()
     assert wait(world, api(world, "POST", "/api/generate", request, 202)["job"])["state"] == "done"
+
+
+def test_a_foreign_host_is_refused_and_logged(world, capsys):
+    """DNS rebinding: a page of evil.example that had its name resolve to 127.0.0.1 sends Host evil.example. It
+    was answered 200 with the run's information; now 421, logged. The server's own names are answered."""
+    port = world["port"]
+    for host in (f"evil.example:{port}", "evil.example", f"127.0.0.1:{port + 1}", f"127.0.0.1.evil.example:{port}",
+                 f"user@127.0.0.1:{port}", f"127.0.0.1:x{port}", f"10.1.2.3:{port}"):  # an IP not this server's
+        got, _, data = call(world, "GET", "/api/info", headers={"Host": host})
+        assert got == 421 and "is not this server's address" in json.loads(data)["error"], (host, got)
+    got, _, data = call(world, "POST", "/api/reference", b"x", headers={"Host": f"evil.example:{port}"})
+    assert got == 421
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LocalHost:{port}", f"[::1]:{port}"):
+        assert call(world, "GET", "/api/info", headers={"Host": host})[0] == 200, host
+    assert f"refused GET /api/info from 127.0.0.1 (Host 'evil.example:{port}', Origin None): 421" in capsys.readouterr().err
+
+
+def test_on_all_interfaces_the_address_typed_is_answered(world):
+    """--host 0.0.0.0: a user types any address of the machine (an IP literal cannot be rebound) or a name given
+    in --allowed_hosts; other names are refused. (Requests go to 127.0.0.1; only the Host header differs.)"""
+    for allowed in ((), ("mybox.local",)):
+        server = studio.serve(world["studio"], host="0.0.0.0", allowed_hosts=allowed)
+        port = server.server_port
+        try:
+            for host, want in ((f"127.0.0.1:{port}", 200), (f"192.168.1.20:{port}", 200), (f"[fe80::1]:{port}", 200),
+                               (f"localhost:{port}", 200), (f"mybox.local:{port}", 200 if allowed else 421),
+                               (f"evil.example:{port}", 421), (f"192.168.1.20:{port + 1}", 421)):
+                assert call(world, "GET", "/api/info", headers={"Host": host}, port=port)[0] == want, (host, allowed)
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def test_cross_site_posts_are_refused_and_the_pages_own_accepted(world, capsys):
+    """What any page can send without the user knowing (a form, a no-cors fetch: text/plain and friends) and
+    what a page of another site sends in CORS mode (its Origin) are refused before the body is read; the
+    page's own requests, and scripts that send no Origin with the right type, are served."""
+    port, own, evil = world["port"], f"http://127.0.0.1:{world['port']}", "http://evil.example"
+    name = sorted(world["mapping"])[0]
+    body = json.dumps({"label": {"test": name}, "reference": world["mapping"][name], "settings": {"steps": 1}}).encode()
+    image = png(np.zeros((8, 8), np.uint8))
+    queued = len(world["studio"].jobs)
+    cases = [
+        ("/api/generate", body, {"Content-Type": "text/plain", "Origin": evil}, 403),  # 202 before
+        ("/api/generate", body, {"Content-Type": "application/json", "Origin": evil}, 403),
+        ("/api/generate", body, {"Content-Type": "application/json", "Origin": f"http://evil.example:{port}"}, 403),
+        ("/api/generate", body, {"Content-Type": "application/json", "Origin": "null"}, 403),
+        ("/api/generate", body, {"Content-Type": "application/json", "Referer": f"{evil}/page.html"}, 403),
+        ("/api/generate", body, {"Content-Type": "text/plain"}, 415),
+        ("/api/generate", body, {"Content-Type": "application/x-www-form-urlencoded", "Origin": own}, 415),
+        ("/api/generate", body, {"Content-Type": "multipart/form-data; boundary=x", "Origin": own}, 415),
+        ("/api/reference", image, {"Content-Type": "image/png", "Origin": evil}, 403),  # 200 before
+        ("/api/reference", image, {"Content-Type": "text/plain", "Origin": own}, 415),
+        ("/api/label?filename=a.png", image, {"Content-Type": "application/octet-stream", "Origin": evil}, 403),
+        ("/api/label?filename=a.png", image, {}, 415),
+    ]
+    for path, data, headers, status in cases:
+        got, _, reply = call(world, "POST", path, data, headers=headers)
+        assert got == status, (path, headers, got, reply[:200])
+    assert len(world["studio"].jobs) == queued  # nothing was queued
+    err = capsys.readouterr().err
+    assert f"refused POST /api/generate from 127.0.0.1 (Host '127.0.0.1:{port}', Origin '{evil}'): 403" in err
+    job = api(world, "POST", "/api/generate", body, 202, headers={"Content-Type": "application/json; charset=utf-8",
+                                                                  "Origin": own})["job"]
+    assert wait(world, job)["state"] == "done"
+    assert wait(world, api(world, "POST", "/api/generate", body, 202, headers={  # a script: no Origin, JSON
+        "Content-Type": "application/json", "Referer": f"{own}/"})["job"])["state"] == "done"
+    assert api(world, "POST", "/api/reference", image, headers={"Content-Type": "image/png", "Origin": own})["name"]
+
+
+def test_image_bombs_are_a_413_naming_the_pixels_and_the_limit(world):
+    """A PNG announcing 30000x30000 pixels in a few hundred bytes: Pillow's own guard answered it with
+    "500 internal error: DecompressionBombError" before the studio's limit was checked."""
+    bomb = bomb_png(30000, 30000)
+    for path, what in (("/api/reference", "the uploaded reference"), ("/api/label?filename=bomb.png", "bomb.png")):
+        assert error(world, "POST", path, bomb, status=413) == \
+            f"{what} is 30000x30000 = 900,000,000 pixels; the limit is 25,000,000"
+
+
+def test_forty_simultaneous_requests_are_all_answered(world):
+    """40 generate requests opened at once on a studio whose worker waits: each is queued (202) or told the
+    queue is full (503); none is reset (the standard library's listen backlog of 5 reset 24 of them), and
+    the server answers afterwards."""
+    st = studio_state.Studio(world["studio"].pipe, world["studio"].settings, world["cfg"]["input_path"],
+                             world["cfg"]["img_path"])
+    server = studio.serve(st)
+    name = sorted(world["mapping"])[0]
+    request = {"label": {"test": name}, "reference": world["mapping"][name], "settings": {"steps": 1}}
+    answers, barrier = [None] * 40, threading.Barrier(40)
+
+    def post(i):
+        try:
+            barrier.wait(timeout=60)
+            answers[i] = call(world, "POST", "/api/generate", request, port=server.server_port)[0]
+        except Exception as e:  # a reset connection, a time-out: recorded, and the assertion names it
+            answers[i] = type(e).__name__
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(40)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        waiting = studio_state.LIMITS["waiting"]
+        assert sorted(answers, key=str) == [202] * waiting + [503] * (40 - waiting), answers
+        assert api(world, "GET", "/api/info", port=server.server_port)["tests"] == 5
+    finally:
+        server.shutdown()
+        st.close()
 
 
 def test_the_command_line_serves_the_page_and_refuses_a_taken_port(world):

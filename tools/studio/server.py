@@ -5,7 +5,8 @@
 Python's standard library only (http.server): the run loads once at start; the state behind the
 page (references, uploads, one worker thread that generates one job at a time while the others
 wait in a queue and are told their place) is jmodels/studio.py. This file is the server: the
-routes, request bodies and their limits, the static page (tools/studio/static/, docs/STUDIO.md).
+routes, request bodies and their limits, who may ask (the Host and cross-site checks), the static page
+(tools/studio/static/, docs/STUDIO.md, which says what the server defends against and how).
 """
 import os
 
@@ -15,8 +16,10 @@ import os
 # before the imports below load it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import ipaddress  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -25,6 +28,7 @@ from pathlib import Path  # noqa: E402
 from urllib.parse import parse_qs, urlsplit  # noqa: E402
 
 from jmodels import cli, contest, pipeline  # noqa: E402
+from jmodels.atomic import WriteError  # noqa: E402
 from jmodels.runtime import init_jittor  # noqa: E402
 from jmodels.segmenter import load_judge  # noqa: E402
 from jmodels.settings import GenerationSettings  # noqa: E402
@@ -37,6 +41,7 @@ DEFAULTS = dict(
     img_path="data/demo/train",   # training folder: the reference thumbnails (imgs/)
     judge="runs/judge/ckpt.npz",  # stand-in segmenter for the mask accuracy; absent: not shown
     host="127.0.0.1", port=8000,  # another address only when asked: the page has no log-in
+    allowed_hosts=(),             # host names (not IPs) the page may be opened by, e.g. mybox.local (docs/STUDIO.md)
     warm_up=True,                 # one generation at start, so that the first Generate is not the slow one
 )
 STATIC = Path(__file__).resolve().parent / "static"
@@ -45,6 +50,12 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 IMAGE_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 DRAIN = 64 * 2 ** 20  # a body over its limit is still read (and dropped) up to this size
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# What each POST must be sent as: types a page of another site cannot send without asking the server first
+# (a CORS preflight, which this server never grants); a form or a no-cors fetch can only send
+# text/plain, multipart/form-data or application/x-www-form-urlencoded.
+POST_TYPES = {"/api/generate": ("application/json",), "/api/label": ("application/octet-stream", "image/"),
+              "/api/reference": ("application/octet-stream", "image/")}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -63,6 +74,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         try:
+            self.check_asker(url.path)
             route = routes.get(url.path)
             if route is None:
                 if url.path.startswith("/static/") or url.path == "/":
@@ -71,11 +83,48 @@ class Handler(BaseHTTPRequestHandler):
             route(self, self.server.studio, query)
         except StudioError as e:
             self.reply({"error": str(e)}, e.status)
+        except WriteError as e:  # the studio's temporary folder is on a full disk
+            self.reply({"error": str(e)}, 507)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         except Exception as e:  # a bug must not take the server down: answer 500 and keep serving
             self.log_error("%s", f"{type(e).__name__}: {e}")
             self.reply({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
+
+    def check_asker(self, path):
+        """Refuse, before reading anything else, a request for another host (421: a page of another site that
+        had its name resolve to this machine, DNS rebinding) and a POST that another site's page could have
+        sent (403: its Origin, else Referer, is not this page; 415: a content type a form can send)."""
+        host = self.headers.get("Host", "")
+        if not self.server.host_allowed(host):
+            self.refuse(421, f"Host {host!r} is not this server's address: open the page at "
+                             f"{self.server.url()} (or start it with --allowed_hosts <name>)")
+        if self.command != "POST":
+            return
+        origin = self.headers.get("Origin")
+        if origin is None and self.headers.get("Referer"):
+            referer = urlsplit(self.headers["Referer"])
+            origin = f"{referer.scheme}://{referer.netloc}"
+        if origin is not None and origin.lower() != f"http://{host}".lower():
+            self.refuse(403, f"a POST from the page {origin} is refused: only this server's own page may change "
+                             "its state")
+        ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        wanted = POST_TYPES.get(path, ("application/json",))
+        if not any(ctype == w or (w.endswith("/") and ctype.startswith(w)) for w in wanted):
+            self.refuse(415, f"a POST to {path} must be sent as {' or '.join(w + '*' * w.endswith('/') for w in wanted)}"
+                             f", not {ctype or 'without a Content-Type'}")
+
+    def refuse(self, status, message):
+        """Log the refusal (always: someone may be probing) and raise it; an unread body is dropped."""
+        sys.stderr.write(f"studio: refused {self.command} {self.path} from {self.client_address[0]} "
+                         f"(Host {self.headers.get('Host')!r}, Origin {self.headers.get('Origin')!r}): {status} {message}\n")
+        length = self.headers.get("Content-Length", "")
+        if self.command == "POST":
+            self.close_connection = True
+            if length.isdigit() and int(length) <= DRAIN:  # read and drop it: the client gets the answer, not a reset
+                for start in range(0, int(length), 2 ** 20):
+                    self.rfile.read(min(2 ** 20, int(length) - start))
+        raise StudioError(status, message)
 
     def body(self, limit):
         """The request body, refused unread past `limit` bytes (the connection is then closed)."""
@@ -152,11 +201,62 @@ POST_ROUTES = {
 }
 
 
-def serve(studio, host="127.0.0.1", port=0, verbose=False):
+class StudioServer(ThreadingHTTPServer):
+    """One thread per connection (40 simultaneous requests: 40 threads, each answered) and a listen backlog
+    of 128: the standard library's 5 had 24 of 40 simultaneous connections reset. The Host names it
+    answers: the address it listens on and the --host given; with loopback also localhost, 127.0.0.1 and
+    [::1]; on all interfaces (0.0.0.0, ::) any IP literal of the form the user typed and localhost, since an
+    IP-literal origin cannot be rebound by DNS (the standard library cannot list this machine's addresses);
+    plus --allowed_hosts names. Always with the server's port."""
+    request_queue_size = 128
+    daemon_threads = True
+
+    def __init__(self, address, studio, verbose=False, allowed_hosts=()):
+        super().__init__(address, Handler)
+        self.studio, self.verbose = studio, verbose
+        bound = ipaddress.ip_address(self.server_address[0])
+        self.any_ip = bound.is_unspecified
+        names = {_host_key(address[0]), bound.compressed, *(_host_key(h) for h in allowed_hosts)}
+        self.names = names | (set(LOOPBACK) if bound.is_loopback or self.any_ip else set())
+
+    def host_allowed(self, host):
+        try:
+            parts = urlsplit(f"//{host}")
+            name, port = parts.hostname, parts.port or 80
+        except ValueError:  # a port that is not a number
+            return False
+        if not name or "@" in host or port != self.server_port:
+            return False
+        name = _host_key(name)
+        return name in self.names or (self.any_ip and _is_ip(name))
+
+    def url(self):
+        host = self.server_address[0]
+        host = "127.0.0.1" if self.any_ip else f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.server_port}/"
+
+
+class StudioServer6(StudioServer):
+    address_family = socket.AF_INET6
+
+
+def _is_ip(name):
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _host_key(name):
+    """A host as compared: IP literals in their compressed form, names in lower case."""
+    name = name.strip("[]").lower()
+    return ipaddress.ip_address(name).compressed if _is_ip(name) else name
+
+
+def serve(studio, host="127.0.0.1", port=0, verbose=False, allowed_hosts=()):
     """A started server for `studio` (its own thread); port 0 picks a free one: server.server_port."""
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    server.studio, server.verbose = studio, verbose
+    server = (StudioServer6 if ":" in host else StudioServer)((host, port), studio, verbose, allowed_hosts)
     threading.Thread(target=server.serve_forever, name="studio-http", daemon=True).start()
     return server
 
@@ -189,9 +289,10 @@ def main(argv=None):
           f"{len(studio.tests)} test labels{f' ({studio.tests_note})' if studio.tests_note else ''}; "
           f"{len(studio.refs)} references{f' ({studio.refs_note})' if studio.refs_note else ''}")
     if cfg["host"] not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {cfg['host']}: anyone who can reach it can use the page (no log-in)")
+        print(f"warning: serving on {cfg['host']}: anyone who can reach it can use the page (no log-in); it answers "
+              "requests addressed to an IP of this machine or localhost, and to host names in --allowed_hosts")
     try:
-        server = serve(studio, cfg["host"], cfg["port"], verbose=True)
+        server = serve(studio, cfg["host"], cfg["port"], verbose=True, allowed_hosts=cfg["allowed_hosts"])
     except OSError as e:  # the port is taken, the address is not this machine's
         studio.close()
         sys.exit(f"error: cannot listen on {cfg['host']}:{cfg['port']}: {e.strerror or e}; pick another --port")

@@ -11,6 +11,9 @@ const state = {
 };
 const UNDO_DEPTH = 40;
 const SIZES = [4, 12, 24, 48, 96];
+// The server takes POSTs only with a content type that a page of another site cannot send without asking
+// (docs/STUDIO.md, "What the server defends against"); a file's own type may be empty or a form's.
+const UPLOAD = { "Content-Type": "application/octet-stream" };
 
 async function api(path, options = {}) {
   const resp = await fetch(path, options);
@@ -238,7 +241,7 @@ async function loadTestLabel(name) {
 async function uploadLabel(file) {
   if (!file || !checkFile(file)) return;
   try {
-    const payload = await api(`/api/label?filename=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
+    const payload = await api(`/api/label?filename=${encodeURIComponent(file.name)}`, { method: "POST", headers: UPLOAD, body: file });
     setIds(payload, { kind: "file", stem: payload.stem });
   } catch (e) { notice(e.message); }
 }
@@ -283,7 +286,7 @@ async function chooseReference(name, turnPage = false) {
 async function uploadReference(file) {
   if (!file || !checkFile(file)) return;
   try {
-    const r = await api("/api/reference", { method: "POST", body: file });
+    const r = await api("/api/reference", { method: "POST", headers: UPLOAD, body: file });
     await chooseReference(r.name);
     notice(r.note ? `Note: ${r.note}.` : "", "info");
   } catch (e) { notice(e.message); }
