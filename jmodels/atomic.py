@@ -43,7 +43,12 @@ class CheckedFile(io.RawIOBase):
     def fileno(self):
         raise io.UnsupportedOperation("write through the file object: its writes are checked")
 
+    def _check_open(self):
+        if self.closed:  # its descriptor is closed and its number may be another file's by now
+            raise ValueError(f"I/O operation on closed file {self.name}")
+
     def write(self, data):
+        self._check_open()
         view = memoryview(data).cast("B")
         done = 0
         try:
@@ -58,9 +63,11 @@ class CheckedFile(io.RawIOBase):
         return done
 
     def seek(self, pos, whence=os.SEEK_SET):
+        self._check_open()
         return os.lseek(self._fd, pos, whence)
 
     def tell(self):
+        self._check_open()
         return os.lseek(self._fd, 0, os.SEEK_CUR)
 
     def truncate(self, size=None):
@@ -69,7 +76,7 @@ class CheckedFile(io.RawIOBase):
         self.written = size
         return size
 
-    def close(self):  # the descriptor belongs to atomic_file
+    def close(self):  # the descriptor belongs to atomic_file, which closes it after this
         super().close()
 
 
@@ -84,8 +91,8 @@ def atomic_file(path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise WriteError(path, e) from None
+    f = CheckedFile(fd, path)
     try:
-        f = CheckedFile(fd, path)
         yield f
         try:
             on_disk = os.fstat(fd).st_size
@@ -93,6 +100,7 @@ def atomic_file(path):
                 raise OSError(errno.EIO, f"{on_disk:,} of {f.written:,} bytes reached the disk")
             os.fchmod(fd, 0o666 & ~_umask())
             os.fsync(fd)
+            f.close()
             os.close(fd)
             fd = None
             os.replace(tmp, path)
@@ -100,6 +108,7 @@ def atomic_file(path):
             raise WriteError(path, e) from None
     except BaseException:
         if fd is not None:
+            f.close()
             os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)

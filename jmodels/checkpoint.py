@@ -7,6 +7,7 @@ so an interrupted save never leaves a half-written checkpoint. Loading weights i
 or unexpected keys and shape mismatches raise with the full list (Jittor's own only warns).
 """
 import json
+import zipfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -38,8 +39,11 @@ def save(path, meta, **groups):
     for group, tensors in groups.items():
         for key, value in tensors.items():
             arrays[f"{group}/{key}"] = np.asarray(value)
-    with atomic_file(path) as f:
-        np.savez(f, **arrays)
+    # np.savez's layout (<name>.npy members), written here so that its zip is closed even when a write fails
+    with atomic_file(path) as f, zipfile.ZipFile(f, "w") as z:
+        for name, value in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, value, allow_pickle=False)
     return path
 
 

@@ -1,6 +1,6 @@
 """No writer leaves an incomplete file under its final name (jmodels.atomic), and a write failure is one line:
-test.py on a disk that fills for real (a 64 KiB tmpfs, root only), short writes made real by RLIMIT_FSIZE in a
-child process, the size check, the run log's whole lines, a checkpoint that cannot be written."""
+test.py and train_vae.py on a disk that fills for real (a small tmpfs, root only), short writes made real by
+RLIMIT_FSIZE in a child process, the size check, the run log's whole lines, a checkpoint that cannot be written."""
 import hashlib
 import json
 import os
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import entry, tiny_run
+from conftest import ROOT, entry, tiny_run
 from jmodels.runtime import init_jittor
 
 jt = init_jittor(seed=0)
@@ -137,3 +137,24 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_previous_one(small_disk):
         checkpoint.save(path, {"step": 2}, model={"w": np.ones(4000, np.float32)})
     assert path.read_bytes() == before and checkpoint.load(path)[0] == {"step": 1}
     assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt.npz"]
+
+
+def test_a_training_stage_on_a_full_disk_stops_with_one_line_and_keeps_its_last_checkpoint(setup, small_disk):
+    """train_vae.py as a person runs it: the step-2 checkpoint (1 MB) fits, the final one does not. One line,
+    no traceback; the step-2 checkpoint is whole; with space freed the same command finishes."""
+    demo, _ = setup
+    out = small_disk / "vae"
+    args = [sys.executable, str(ROOT / "train_vae.py"), "--data", str(demo / "train"), "--out", str(out),
+            "--size", "32,24", "--ch", "8", "--ch_mult", "1,2", "--norm_groups", "4", "--disc_ndf", "8",
+            "--disc_layers", "2", "--disc_start", "2", "--batch_size", "2", "--max_steps", "4", "--ckpt_every", "2",
+            "--sample_every", "100", "--scale_images", "4", "--workers", "0", "--holdout", "0.25"]
+    env = dict(os.environ, FORCE_CPU="1")
+    subprocess.run(["mount", "-o", "remount,size=1600k", str(small_disk)], check=True, timeout=30)
+    run = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert run.stderr.splitlines()[-1] == f"error: cannot write {out}/ckpt.npz: No space left on device"
+    assert checkpoint.load(out / "ckpt.npz")[0]["step"] == 2 and not list(out.glob(".*.tmp"))
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True, timeout=30)
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stderr[-3000:]
+    assert checkpoint.load(out / "ckpt.npz")[0]["step"] == 4
