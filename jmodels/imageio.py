@@ -1,7 +1,6 @@
 """Image helpers for training and evaluation: [-1, 1] arrays to uint8, PSNR, PNG grids and JPEGs written atomically
 (encoded in memory, then written whole through jmodels.atomic: a full disk raises, it never leaves half a file)."""
 import io
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

@@ -189,7 +189,8 @@ def read_torch(path):
         try:
             obj = _TorchUnpickler(io.BytesIO(archive.read(pkl))).load()
         except Exception as e:  # the file's bytes are untrusted: any way the pickle fails to parse is the file's fault
-            raise CheckpointError(f"{path}: {pkl} is not a readable PyTorch pickle ({type(e).__name__}: {e!s:.200})") from None
+            raise CheckpointError(f"{path}: {pkl} is not a readable PyTorch pickle "
+                                  f"({type(e).__name__}: {e!s:.200})") from None
         if isinstance(obj, dict) and "state_dict" in obj:
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
@@ -212,7 +213,8 @@ class _StorageReader:
             try:
                 info = self.archive.getinfo(member)
                 if info.file_size > self.file_size:  # PyTorch stores storages uncompressed: this would be a zip bomb
-                    raise CheckpointError(f"{self.path}: storage {name} claims {info.file_size:,} bytes, more than the file")
+                    raise CheckpointError(f"{self.path}: storage {name} claims {info.file_size:,} bytes, "
+                                          "more than the file")
                 self.cache[name] = self.archive.read(member)
             except (KeyError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError, EOFError,
                     zlib.error, ValueError) as e:

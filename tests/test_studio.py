@@ -86,7 +86,8 @@ def call(world, method, path, body=None, headers=None, port=None):
     if isinstance(body, dict):
         body = json.dumps(body).encode()
     if method == "POST" and headers is None:
-        headers = {"Content-Type": "application/json" if path.startswith("/api/generate") else "application/octet-stream"}
+        kind = "application/json" if path.startswith("/api/generate") else "application/octet-stream"
+        headers = {"Content-Type": kind}
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()

@@ -111,13 +111,13 @@ class Handler(BaseHTTPRequestHandler):
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         wanted = POST_TYPES.get(path, ("application/json",))
         if not any(ctype == w or (w.endswith("/") and ctype.startswith(w)) for w in wanted):
-            self.refuse(415, f"a POST to {path} must be sent as {' or '.join(w + '*' * w.endswith('/') for w in wanted)}"
-                             f", not {ctype or 'without a Content-Type'}")
+            types = " or ".join(w + "*" * w.endswith("/") for w in wanted)
+            self.refuse(415, f"a POST to {path} must be sent as {types}, not {ctype or 'without a Content-Type'}")
 
     def refuse(self, status, message):
         """Log the refusal (always: someone may be probing) and raise it; an unread body is dropped."""
-        sys.stderr.write(f"studio: refused {self.command} {self.path} from {self.client_address[0]} "
-                         f"(Host {self.headers.get('Host')!r}, Origin {self.headers.get('Origin')!r}): {status} {message}\n")
+        sys.stderr.write(f"studio: refused {self.command} {self.path} from {self.client_address[0]} (Host "
+                         f"{self.headers.get('Host')!r}, Origin {self.headers.get('Origin')!r}): {status} {message}\n")
         length = self.headers.get("Content-Length", "")
         if self.command == "POST":
             self.close_connection = True
