@@ -12,6 +12,7 @@ resumes from the checkpoint; a finished run returns at once.
 Refs: Wang et al. 2018 (SFT-GAN; pix2pixHD's feature matching); Isola et al. 2017 (PatchGAN).
 """
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from jmodels import cli, parallel
+from jmodels.atomic import WriteError
 from jmodels.data import BatchLoader, split_stems
 from jmodels.discriminator import NLayerDiscriminator, feature_matching, hinge_d_loss
 from jmodels.ema import EMA
@@ -230,4 +232,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except WriteError as e:  # a full disk: one line, and the last checkpoint written is still whole (jmodels.atomic)
+        sys.exit(f"error: {e}")
