@@ -11,7 +11,10 @@ inputs, the backends' processes alternating for --rounds; warm-up excluded, medi
 and then of the rounds. Prints seconds per image, the Jittor/PyTorch ratio, the forward's achieved
 GFLOP/s (FLOPs counted by PyTorch) against this machine's 3x3-conv GFLOP/s measured in the same run,
 and each process's peak memory (max RSS). PyTorch (and diffusers, for
-the VAE) is an optional dev dependency: without it only Jittor's column is printed.
+the VAE) is an optional dev dependency: without it, and without --torch_python, only Jittor's column
+is printed. Nothing fails silently: a backend process that fails, a --torch_python that cannot import
+what the cases need, or a twin whose output differs from Jittor's by more than PARITY_TOL makes the
+run exit 1 with the error, after the table.
 """
 import argparse
 import json
@@ -42,6 +45,7 @@ CASES = [  # network, name, config, image size (W, H), batch, time a training st
     ("unet", "small 16x12", SMALL_UNET, (128, 96), 4, True),
 ]
 CONV = (4, 128, 64, 64)  # the peak probe: a 3x3 conv 128 -> 128 channels, batch 4 at 64x64
+PARITY_TOL = 1e-4  # the twin's forward may differ from Jittor's by this, relative to the output's largest value
 
 
 def median_time(fn, repeats):
@@ -95,7 +99,8 @@ def jittor_case(case, repeats, files):
     net, _, c, size, b, train_too = case
     if net == "vae":
         from jmodels.vae import AutoencoderKL, VAEConfig, kl_divergence
-        model, config = AutoencoderKL(VAEConfig(**c)), dict(c)
+        model = AutoencoderKL(VAEConfig(**c))
+        config = model.config.to_dict()
     else:
         from jmodels.unet import UNet, UNetConfig
         model = UNet(UNetConfig(style_dim=STYLE_DIM, **c))
@@ -138,17 +143,13 @@ def torch_case(case, repeats, files):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     torch.set_num_threads(os.cpu_count())
+    from torch_twins import build  # beside this script; imports torch
     net, _, _, size, b, train_too = case
     saved = np.load(files)
     config = json.loads(str(saved["config"]))
-    state = {k[2:]: torch.from_numpy(saved[k]) for k in saved.files if k.startswith("w/")}
+    model = build(net, config, {k[2:]: saved[k] for k in saved.files if k.startswith("w/")})  # strict
     arrays = [torch.from_numpy(a) for a in inputs(net, config, size, b)]
     if net == "vae":
-        from diffusers import AutoencoderKL
-        n = len(config["ch_mult"])
-        model = AutoencoderKL(block_out_channels=tuple(config["ch"] * m for m in config["ch_mult"]),
-                              layers_per_block=config["num_res_blocks"], norm_num_groups=config["norm_groups"],
-                              down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n)
         x, z = arrays
         forward = lambda: model.decode(model.encode(x).latent_dist.mean).sample  # noqa: E731
         sample = lambda: model.decode(z).sample  # noqa: E731
@@ -157,14 +158,11 @@ def torch_case(case, repeats, files):
             post = model.encode(x).latent_dist
             return (x - model.decode(post.sample()).sample).abs().sum() / b + 1e-6 * post.kl().mean()
     else:
-        from torch_twins import UNet  # beside this script; imports torch
-        model = UNet(config)
         doubled = [torch.cat([a, a]) for a in arrays]
         forward, sample = (lambda: model(*arrays)), (lambda: model(*doubled))
 
         def loss():
             return model(*arrays).square().mean()
-    model.load_state_dict(state, strict=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     with torch.no_grad(), FlopCounterMode(display=False) as flops:
         out = forward().numpy()
@@ -176,7 +174,7 @@ def torch_case(case, repeats, files):
 
     result = time_calls(torch.no_grad, forward, sample, train, train_too, repeats)
     return dict(result, gflop=flops.get_total_flops() / 1e9, max_diff=float(np.abs(out - saved["out"]).max()),
-                peak_mb=peak_mb())
+                out_max=float(np.abs(saved["out"]).max()), peak_mb=peak_mb())
 
 
 def conv_probe(backend, repeats):
@@ -204,14 +202,48 @@ def conv_probe(backend, repeats):
     return {"gflops": flop / t / 1e9, "train_gflops": 3 * flop / t_train / 1e9}
 
 
-def run_child(python, backend, case, repeats, files):
-    """One backend and case in a fresh process; its RESULT line as a dict."""
-    cmd = [python, __file__, "--child", backend, "--case", str(case), "--repeats", str(repeats), "--files", files]
+def run_child(python, backend, case, repeats, files, script=__file__):
+    """One backend and case in a fresh process; its RESULT line as a dict, or {"error": ...} with its exit
+    status and exception when it exits non-zero or prints no RESULT."""
+    cmd = [python, script, "--child", backend, "--case", str(case), "--repeats", str(repeats), "--files", files]
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if line is None:
-        return {"error": (out.stderr.strip().splitlines() or ["no output"])[-1]}
+    if out.returncode != 0 or line is None:
+        return {"error": f"{backend} exited {out.returncode}: {error_text(out.stderr)}"}
     return json.loads(line[7:])
+
+
+def error_text(stderr, chars=300):
+    """The exception that ended a child: its stderr from the last unindented line on (a traceback's last
+    line and the message's indented continuation), each line cut to `chars` (torch lists every key)."""
+    lines = [ln.rstrip() for ln in stderr.splitlines() if ln.strip()] or ["no output"]
+    heads = [i for i, ln in enumerate(lines) if not ln[0].isspace()]
+    return " ".join(ln.strip()[:chars] + ("..." if len(ln.strip()) > chars else "")
+                    for ln in lines[heads[-1] if heads else 0:])
+
+
+def failures(case, jr, tr, has_torch):
+    """What went wrong in one case, as lines: a backend's error, a missing PyTorch result, or a twin whose
+    output is not Jittor's (max abs difference above PARITY_TOL of the output's largest value)."""
+    net, name, _, _, b, _ = case
+    label, out = f"{net} {name} batch {b}", []
+    for r in (jr, tr):
+        if "error" in r:
+            out.append(f"{label}: {r['error']}")
+    if has_torch and "error" not in jr and not tr:
+        out.append(f"{label}: torch did not run")
+    if "max_diff" in tr and not tr["max_diff"] <= PARITY_TOL * max(1.0, tr["out_max"]):
+        out.append(f"{label}: the twin's output differs from Jittor's by {tr['max_diff']:.2e} "
+                   f"(largest value {tr['out_max']:.2f}, tolerance {PARITY_TOL:.0e} of it)")
+    return out
+
+
+def torch_ready(python, cases):
+    """'' if `python` imports torch (and diffusers when a VAE case is asked for), else its error line."""
+    need = "torch" + (", diffusers" if any(CASES[i][0] == "vae" for i in cases) else "")
+    out = subprocess.run([python, "-c", f"import {need}"], capture_output=True, text=True)
+    return "" if out.returncode == 0 else f"{python} cannot import {need}: " + \
+        (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
 
 
 def over_rounds(results):
@@ -257,7 +289,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per process (their median)")
     ap.add_argument("--rounds", type=int, default=2, help="processes per backend and case, alternating (median)")
-    ap.add_argument("--torch_python", default=sys.executable, help="a Python with torch (+ diffusers for the VAE)")
+    ap.add_argument("--torch_python", help="a Python with torch (+ diffusers for the VAE); default: this one, "
+                    "and without torch here only Jittor's column")
     ap.add_argument("--cases", default=",".join(str(i) for i in range(len(CASES))))
     ap.add_argument("--list", action="store_true", help="list the cases and exit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -275,26 +308,39 @@ def main():
             result = (jittor_case if args.child == "jittor" else torch_case)(CASES[args.case], args.repeats, args.files)
         print("RESULT " + json.dumps(result))
         return
-    has_torch = subprocess.run([args.torch_python, "-c", "import torch, diffusers"], capture_output=True).returncode == 0
+    cases = [int(c) for c in args.cases.split(",")]
+    torch_python = args.torch_python or sys.executable
+    missing = torch_ready(torch_python, cases)
+    if missing and args.torch_python:  # asked for by name: its absence is an error, not a narrower table
+        sys.exit(f"error: --torch_python {missing}")
+    has_torch = not missing
     if not has_torch:
-        print(f"(no torch + diffusers under {args.torch_python}: the PyTorch column is left out)")
+        print(f"({missing}: the PyTorch column is left out)")
     probes = {k: run_child(py, k, -1, args.repeats, "") for k, py in
-              (("jittor", sys.executable), ("torch", args.torch_python)) if k == "jittor" or has_torch}
+              (("jittor", sys.executable), ("torch", torch_python)) if k == "jittor" or has_torch}
+    failed = [f"conv probe: {p['error']}" for p in probes.values() if "error" in p]
     peak = max(p.get("gflops", 0.0) for p in probes.values())
     train_peak = max(p.get("train_gflops", 0.0) for p in probes.values())
     print("3x3 conv 128->128, batch 4, 64x64, forward | training step: " + ", ".join(
         f"{k} {p['gflops']:.0f} | {p['train_gflops']:.0f} GFLOP/s" if "gflops" in p else f"{k} failed"
         for k, p in probes.items()) + f" (the machine's conv figures: {peak:.0f} | {train_peak:.0f})")
-    print(f"{'case':22s} {'batch':>5s} {'':8s} {'jittor s':>9s} {'torch s':>9s} {'ratio':>6s}   (seconds per image)")
-    for i in (int(c) for c in args.cases.split(",")):
+    print(f"{'case':22s} {'batch':>5s} {'':8s} {'jittor s':>9s} {'torch s':>9s} {'ratio':>6s}   (seconds per image; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other work slows both backends)")
+    for i in cases:
         jrs, trs = [], []
         with tempfile.TemporaryDirectory() as tmp:
             files = os.path.join(tmp, "case.npz")
             for _ in range(args.rounds):  # alternating processes: a slow spell of the machine hits both
                 jrs.append(run_child(sys.executable, "jittor", i, args.repeats, files))
                 if has_torch and "error" not in jrs[-1]:
-                    trs.append(run_child(args.torch_python, "torch", i, args.repeats, files))
-        report(CASES[i], over_rounds(jrs), over_rounds(trs), peak, train_peak)
+                    trs.append(run_child(torch_python, "torch", i, args.repeats, files))
+        jr, tr = over_rounds(jrs), over_rounds(trs)
+        report(CASES[i], jr, tr, peak, train_peak)
+        failed += failures(CASES[i], jr, tr, has_torch)
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
+    if failed:
+        print("\n".join(["FAILED:"] + failed), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

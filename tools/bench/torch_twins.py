@@ -148,8 +148,9 @@ def vae_twin(c):
     """diffusers' AutoencoderKL in the shape of jmodels.vae's; `c` is VAEConfig.to_dict()."""
     from diffusers import AutoencoderKL
     n = len(c["ch_mult"])
+    widths = tuple(c["ch"] * m for m in c["ch_mult"])
     return AutoencoderKL(in_channels=c["in_channels"], out_channels=c["in_channels"],
-                         latent_channels=c["latent_channels"], block_out_channels=tuple(c["ch"] * m for m in c["ch_mult"]),
+                         latent_channels=c["latent_channels"], block_out_channels=widths,
                          layers_per_block=c["num_res_blocks"], norm_num_groups=c["norm_groups"],
                          down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n)
 
