@@ -50,18 +50,18 @@ DEFAULTS = dict(
     ch=32, lr_blocks=4, hr_blocks=1, sft_hidden=32,  # architecture (jmodels/sr.py)
     p_native=0.5,               # a crop of the photo at its own resolution, else of the photo halved
     p_vae=0.8, noise=2.0,       # degradation: the autoencoder's round trip, Gaussian noise up to this (8-bit)
-    batch_size=8, accum=1,      # global batch = batch_size * accum
+    batch_size=4, accum=1,      # global batch = batch_size * accum
     lr=2e-4, weight_decay=0.0, grad_clip=1.0,
     warmup_steps=0, lr_floor=1.0,  # linear warm-up, then cosine decay to lr_floor * lr (1.0: constant)
-    max_steps=600,
+    max_steps=300,
     l1_weight=1.0, gan_weight=0.05, fm_weight=1.0,  # the generator's loss: L1 + hinge GAN + feature matching
     vgg="", perceptual_weight=1.0,  # optional: torchvision's VGG19 weights file adds a perceptual term
-    disc_start=200, disc_ndf=32, disc_layers=3,   # the discriminator sees image and one-hot label
+    disc_start=100, disc_ndf=32, disc_layers=3,   # the discriminator sees image and one-hot label
     ema_decay=0.999,
     precision="tf32",           # GPU only: fp32 | tf32 | bf16 | fp16 (docs/GPU.md)
     log_every=10, sample_every=100, ckpt_every=100,
     judge="",                   # a judge checkpoint: the log gets the chain's native-resolution realism
-    chain_images=8,             # held-out photos run through the whole chain for the grid and that measure
+    chain_images=4,             # held-out photos run through the whole chain for the grid and that measure
     seed=0, workers=2,
 )
 # ----------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ PRESETS = {
     "small": {
         "vae": dict(max_steps=4000, disc_start=2001, sample_every=500, ckpt_every=500),
         "ldm": dict(max_steps=20000, cache_latents=1, sample_every=2500, ckpt_every=1000),
-        "sr": dict(max_steps=3000, disc_start=1001, sample_every=500, ckpt_every=500),
+        "sr": dict(batch_size=8, max_steps=2000, disc_start=801, sample_every=250, ckpt_every=250),
     },
     "full": {
         "vae": dict(size="512,384", ch=128, ch_mult="1,2,4,4", num_res_blocks=2, norm_groups=32, batch_size=8,

@@ -3,8 +3,9 @@
 
 `execute(x, label)`: x (B, 3, h, w) an image in [-1, 1]; label (B, C, 2h, 2w) one-hot at the output size
 (all zeros: no label). Its features at both resolutions are modulated by the label through a spatial
-feature transform (a per-pixel scale and shift predicted from the label map, without normalisation: the
-image's own statistics carry its colours), so the label tells the upsampler which texture belongs where.
+feature transform (a per-pixel scale and shift predicted from condition features of the label map, computed
+once per resolution; no normalisation: the image's own statistics carry its colours), so the label tells
+the upsampler which texture belongs where.
 The output is a bilinear 2x of x plus a learned residual whose last conv starts at zero: an untrained
 network is the bilinear upsampling. Fully convolutional: trained on crops, applied to whole images.
 Refs: Wang et al. 2018 (SFT-GAN, "Recovering realistic texture in image super-resolution by deep spatial
@@ -29,23 +30,34 @@ class SRConfig(SavedConfig):
     ch: int = 64               # feature width
     lr_blocks: int = 4         # SFT res-blocks at the input resolution (most of the work, at 1/4 the pixels)
     hr_blocks: int = 1         # SFT res-blocks after the upsampling (texture at the output resolution)
-    sft_hidden: int = 32       # width of each block's label branch
+    sft_hidden: int = 32       # width of the label's condition features
     num_classes: int = NUM_CLASSES
 
 
+class Condition(nn.Module):
+    """SFT-GAN's condition network: features of the one-hot label map, computed once per resolution and
+    shared by every SFT layer there (two 3x3 convs)."""
+
+    def __init__(self, c: SRConfig):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c.num_classes, c.sft_hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(c.sft_hidden, c.sft_hidden, 3, padding=1)
+
+    def execute(self, label):
+        return nn.leaky_relu(self.conv2(nn.leaky_relu(self.conv1(label), 0.1)), 0.1)
+
+
 class SFT(nn.Module):
-    """Spatial feature transform: x * (1 + gamma(label)) + beta(label), gamma and beta from a small conv net
-    over the label map at x's resolution; zero-initialised, so it starts as the identity."""
+    """Spatial feature transform: x * (1 + gamma) + beta, gamma and beta 1x1 convs of the condition features;
+    zero-initialised, so it starts as the identity."""
 
     def __init__(self, channels, c: SRConfig):
         super().__init__()
-        self.shared = nn.Conv2d(c.num_classes, c.sft_hidden, 3, padding=1)
-        self.gamma = zero_module(nn.Conv2d(c.sft_hidden, channels, 3, padding=1))
-        self.beta = zero_module(nn.Conv2d(c.sft_hidden, channels, 3, padding=1))
+        self.gamma = zero_module(nn.Conv2d(c.sft_hidden, channels, 1))
+        self.beta = zero_module(nn.Conv2d(c.sft_hidden, channels, 1))
 
-    def execute(self, x, label):
-        h = nn.leaky_relu(self.shared(label), 0.1)
-        return x * (1 + self.gamma(h)) + self.beta(h)
+    def execute(self, x, cond):
+        return x * (1 + self.gamma(cond)) + self.beta(cond)
 
 
 class SFTBlock(nn.Module):
@@ -56,9 +68,9 @@ class SFTBlock(nn.Module):
         self.sft1, self.conv1 = SFT(c.ch, c), nn.Conv2d(c.ch, c.ch, 3, padding=1)
         self.sft2, self.conv2 = SFT(c.ch, c), nn.Conv2d(c.ch, c.ch, 3, padding=1)
 
-    def execute(self, x, label):
-        h = self.conv1(nn.leaky_relu(self.sft1(x, label), 0.1))
-        return x + self.conv2(nn.leaky_relu(self.sft2(h, label), 0.1))
+    def execute(self, x, cond):
+        h = self.conv1(nn.leaky_relu(self.sft1(x, cond), 0.1))
+        return x + self.conv2(nn.leaky_relu(self.sft2(h, cond), 0.1))
 
 
 class SuperResolution(nn.Module):
@@ -66,6 +78,7 @@ class SuperResolution(nn.Module):
         super().__init__()
         self.config = c
         self.head = nn.Conv2d(3, c.ch, 3, padding=1)
+        self.cond_lr, self.cond_hr = Condition(c), Condition(c)
         self.lr_blocks = nn.ModuleList([SFTBlock(c) for _ in range(c.lr_blocks)])
         self.up = nn.Conv2d(c.ch, c.ch, 3, padding=1)
         self.hr_blocks = nn.ModuleList([SFTBlock(c) for _ in range(c.hr_blocks)])
@@ -75,13 +88,14 @@ class SuperResolution(nn.Module):
         b, _, h, w = x.shape
         assert label.shape == (b, self.config.num_classes, 2 * h, 2 * w), \
             f"label must be one-hot (B, {self.config.num_classes}, 2H, 2W) for x {tuple(x.shape)}, got {tuple(label.shape)}"
-        label_lr = label[:, :, ::2, ::2]  # nearest, as SPADE resizes label maps
+        cond = self.cond_lr(label[:, :, ::2, ::2])  # the label nearest-resized, as SPADE resizes label maps
         f = self.head(x)
         for block in self.lr_blocks:
-            f = block(f, label_lr)
+            f = block(f, cond)
         f = nn.leaky_relu(self.up(upsample_nearest(f)), 0.1)
+        cond = self.cond_hr(label)
         for block in self.hr_blocks:
-            f = block(f, label)
+            f = block(f, cond)
         return nn.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False) + self.tail(f)
 
 
