@@ -10,7 +10,7 @@ import jittor as jt
 import numpy as np
 
 from .diffusion import spaced_timesteps
-from .samplers import SAMPLERS, cfg_denoiser, is_guided, noised_start
+from .samplers import SAMPLERS, cfg_denoiser, guidance_interval, is_guided, noised_start
 
 VAE_CHUNK = 2  # images per VAE call: full-size activations are large (the UNet batch is not limited)
 
@@ -30,13 +30,14 @@ def decode(vae, z, scale):
 
 
 def sample(unet, diffusion, cond, noise, steps=20, sampler="dpmpp_2m", guidance=2.0, drop=("mask", "style"),
-           strength=1.0, x_ref=None, spacing="logsnr", callback=None):
+           strength=1.0, x_ref=None, spacing="logsnr", callback=None, guidance_band=()):
     """Latents from conditions: pure noise (strength 1) or `x_ref` noised to `strength`.
 
     cond: {"mask", "style"} numpy arrays (`conditioning.conditions`); noise: (B, 4, h, w) numpy, the
     sampler's starting noise. Returns (latents numpy, UNet calls per image), the calls counted as the
     network receives them (a guided call of 2B rows counts 2 per image). `callback` gets the sampler's
     step dict (`jmodels.samplers`; x and denoised as Vars) plus "calls" per image so far and "steps".
+    guidance_band: (lo, hi] of the noise level sigma_t where guidance applies; () everywhere.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; one of {sorted(SAMPLERS)}")
@@ -57,7 +58,7 @@ def sample(unet, diffusion, cond, noise, steps=20, sampler="dpmpp_2m", guidance=
 
     nulls = {k: jt.zeros_like for k in drop}
     den = cfg_denoiser(model_fn, diffusion.to_x0_eps, {k: jt.array(v) for k, v in cond.items()},
-                       guidance, nulls, jt.concat)
+                       guidance, nulls, jt.concat, guidance_interval(diffusion.alphas_cumprod, ts, guidance_band))
     with jt.no_grad():
         z = SAMPLERS[sampler](den, x, ts, diffusion.alphas_cumprod,
                               callback=_with_counts(callback, rows, len(noise), len(ts))).numpy()
@@ -72,8 +73,14 @@ def _with_counts(callback, rows, n, steps):
     return lambda info: callback(dict(info, calls=rows[0] // n, steps=steps))
 
 
-def calls_per_image(alphas_cumprod, steps, strengths, guidance=2.0, drop=("mask", "style"), spacing="logsnr"):
+def calls_per_image(alphas_cumprod, steps, strengths, guidance=2.0, drop=("mask", "style"), spacing="logsnr",
+                    guidance_band=()):
     """UNet calls one image takes, as `sample` counts them, over passes at `strengths` (a first pass, then
-    refinements): each pass's timesteps, twice where guidance batches the unconditional rows."""
-    per_step = 2 if is_guided(guidance, drop) else 1
-    return per_step * sum(len(spaced_timesteps(alphas_cumprod, steps, s, spacing)) for s in strengths)
+    refinements): one per step, two where guidance batches the unconditional rows (inside the band)."""
+    total = 0
+    for s in strengths:
+        ts = spaced_timesteps(alphas_cumprod, steps, s, spacing)
+        guided = guidance_interval(alphas_cumprod, ts, guidance_band)
+        n_guided = len(ts) if guided is None else len(guided)
+        total += len(ts) + (n_guided if is_guided(guidance, drop) else 0)
+    return total

@@ -147,13 +147,14 @@ def sample_latents(pipe, settings, stems, cond, z_start, strength, tag="", callb
     noise = np.stack([np.random.default_rng(image_seed(s + tag, settings.seed)).standard_normal(z_start.shape[1:])
                       for s in stems]).astype(np.float32)
     return sample(pipe.unet, pipe.diffusion, cond, noise, steps=settings.steps, sampler=settings.sampler,
-                  guidance=settings.guidance, drop=settings.drop, strength=strength, x_ref=z_start, callback=callback)
+                  guidance=settings.guidance, drop=settings.drop, strength=strength, x_ref=z_start, callback=callback,
+                  guidance_band=settings.guidance_band)
 
 
 def expected_calls(pipe, settings):
     """UNet calls per image that `generate` (times the candidates: `best_of`) makes with `settings`."""
     one = calls_per_image(pipe.diffusion.alphas_cumprod, settings.steps, (settings.strength, *settings.refine),
-                          settings.guidance, settings.drop)
+                          settings.guidance, settings.drop, guidance_band=settings.guidance_band)
     return one * settings.candidates
 
 

@@ -84,13 +84,15 @@ def _report(callback, i, t, x, x0):
 SAMPLERS = {"ddim": ddim, "dpmpp_2m": dpmpp_2m}
 
 
-def cfg_denoiser(model_fn, to_x0_eps, cond, scale, drop, concat):
+def cfg_denoiser(model_fn, to_x0_eps, cond, scale, drop, concat, guided_at=None):
     """Classifier-free guidance (Ho & Salimans 2022) around `model_fn(x, t, cond) -> output`.
 
     The conditional and the unconditional calls run as one batch: the unconditional half has the
     entries of `cond` named in `drop` replaced by their null value (`drop` maps a name to a function
     giving it). Guidance is applied to the network output: out_u + scale (out_c - out_u); scale 1
     is the conditional model exactly (one call, no batching). `concat([a, b])` joins batches.
+    `guided_at`: the timesteps where guidance applies (None: all); at the others a step is the conditional
+    model alone, one call (guidance in a limited interval: `guidance_interval`).
     Returns `denoise(x, t) -> (x0, eps)` for the samplers.
     """
     uncond = {k: (drop[k](v) if k in drop else v) for k, v in cond.items()}
@@ -98,7 +100,7 @@ def cfg_denoiser(model_fn, to_x0_eps, cond, scale, drop, concat):
 
     def denoise(x, t):
         n = x.shape[0]
-        if not is_guided(scale, drop):
+        if not is_guided(scale, drop) or (guided_at is not None and int(t) not in guided_at):
             out = model_fn(x, _steps(t, n), cond)
         else:
             out2 = model_fn(concat([x, x]), _steps(t, 2 * n), both)
@@ -107,6 +109,19 @@ def cfg_denoiser(model_fn, to_x0_eps, cond, scale, drop, concat):
         return to_x0_eps(out, x, _steps(t, n))
 
     return denoise
+
+
+def guidance_interval(alphas_cumprod, timesteps, band):
+    """The timesteps of `timesteps` whose noise level sigma_t = sqrt((1 - abar_t) / abar_t) lies in
+    band = (lo, hi] (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval improves sample and
+    distribution quality": guidance harms early, at high noise, and does nothing late); band () or None:
+    None, guidance everywhere."""
+    if not band:
+        return None
+    lo, hi = band
+    a = np.asarray(alphas_cumprod, np.float64)[np.asarray(timesteps, np.int64)]
+    sigma = np.sqrt((1 - a) / a)
+    return {int(t) for t, s in zip(timesteps, sigma) if lo < s <= hi}
 
 
 def is_guided(scale, drop):

@@ -44,6 +44,7 @@ class GenerationSettings:
     steps: int = 20                  # sampler steps of the first pass (each refinement pass takes as many)
     strength: float = 0.8            # start: the reference's latent noised to this (1: pure noise)
     guidance: float = 2.0            # classifier-free guidance scale (1: the conditional model alone)
+    guidance_band: tuple = ()        # (lo, hi]: guidance only where the noise level sigma_t is inside; (): all
     drop: tuple = ("mask", "style")  # conditions the unconditional branch drops
     without: tuple = ()              # ablation: conditions withheld from both branches
     color_transfer: float = 0.5      # Reinhard Lab transfer toward the reference, 0 (off) .. 1
@@ -63,6 +64,10 @@ class GenerationSettings:
         for name in ("drop", "without"):
             if not isinstance(getattr(self, name), tuple) or set(getattr(self, name)) - set(CONDITIONS):
                 raise SettingsError(name, getattr(self, name), f"conditions are {' and '.join(CONDITIONS)}")
+        band = self.guidance_band
+        if not isinstance(band, tuple) or not (band == () or (len(band) == 2 and all(_is(v, float) for v in band)
+                                                              and 0.0 <= band[0] < band[1])):
+            raise SettingsError("guidance_band", band, "is () or two noise levels lo < hi, lo >= 0")
         if not isinstance(self.refine, tuple) or not all(_is(r, float) for r in self.refine):
             raise SettingsError("refine", self.refine, "strengths are numbers in (0, 1)")
         if not all(0.0 < r < 1.0 for r in self.refine):
@@ -72,11 +77,13 @@ class GenerationSettings:
     def from_flags(cls, flags):
         """The settings among a parsed command line's values (test.py's, tune's); other keys are ignored."""
         values = {f.name: flags[f.name] for f in dataclasses.fields(cls) if f.name in flags}
-        if "refine" in values:  # the command line gives strings
-            try:
-                values["refine"] = tuple(float(r) for r in values["refine"])
-            except (TypeError, ValueError):
-                raise SettingsError("refine", values["refine"], "strengths are numbers in (0, 1)") from None
+        numbers = (("refine", "strengths are numbers in (0, 1)"), ("guidance_band", "noise levels are numbers"))
+        for name, what in numbers:
+            if name in values:  # the command line gives strings
+                try:
+                    values[name] = tuple(float(r) for r in values[name])
+                except (TypeError, ValueError):
+                    raise SettingsError(name, values[name], what) from None
         return cls(**values)
 
     def updated(self, values, allowed=None):
@@ -96,8 +103,8 @@ class GenerationSettings:
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(GenerationSettings))
-TUNED = ("sampler", "steps", "strength", "guidance", "drop", "color_transfer", "color_per_class", "refine",
-         "candidates")  # what a tuning result (<run>/test_flags.json, tools/experiments/tune.py) may set
+TUNED = ("sampler", "steps", "strength", "guidance", "guidance_band", "drop", "color_transfer", "color_per_class",
+         "refine", "candidates")  # what a tuning result (<run>/test_flags.json, tools/experiments/tune.py) may set
 
 
 def _is(value, kind):

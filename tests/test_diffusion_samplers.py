@@ -203,3 +203,31 @@ def test_guidance_batches_conditional_and_unconditional_calls():
     out_c = model_fn(x, None, cond)
     out_u = model_fn(x, None, {"mask": np.zeros((2, 1)), "style": cond["style"]})
     np.testing.assert_allclose(eps, out_u + 3.0 * (out_c - out_u))  # eps prediction: eps is the output
+
+
+def test_guidance_in_a_band_of_noise_levels_is_one_call_outside_it():
+    """Kynkäänniemi et al. 2024: guided where sigma_t = sqrt((1 - abar) / abar) is in (lo, hi], the conditional
+    model alone elsewhere. Closed form: a model whose output is its condition, the null condition 0."""
+    from jmodels.generate import calls_per_image
+    from jmodels.samplers import cfg_denoiser, guidance_interval
+    abar = np.array([0.9, 0.5, 0.1])  # sigma = 1/3, 1, 3
+    assert guidance_interval(abar, [2, 1, 0], (0.5, 2.0)) == {1}
+    assert guidance_interval(abar, [2, 1, 0], (0.0, 3.0)) == {0, 1, 2} and guidance_interval(abar, [2, 1], ()) is None
+    rows = []
+
+    def model_fn(x, t, c):
+        rows.append(len(x))
+        return np.broadcast_to(c["c"], x.shape).copy()
+    den = cfg_denoiser(model_fn, lambda out, x, t: (out, out), {"c": np.full((2, 1), 0.5)}, 3.0,
+                       {"c": np.zeros_like}, np.concatenate, guided_at={1})
+    x = np.zeros((2, 1))
+    np.testing.assert_allclose(den(x, 1)[0], 1.5)  # 0 + 3 * (0.5 - 0)
+    np.testing.assert_allclose(den(x, 0)[0], 0.5)  # outside the band: the conditional output
+    assert rows == [4, 2]
+    d = GaussianDiffusion()
+    ts = spaced_timesteps(d.alphas_cumprod, 10, 0.8)
+    inside = guidance_interval(d.alphas_cumprod, ts, (0.3, 3.0))
+    assert 0 < len(inside) < len(ts)
+    assert calls_per_image(d.alphas_cumprod, 10, [0.8], guidance_band=(0.3, 3.0)) == len(ts) + len(inside)
+    assert calls_per_image(d.alphas_cumprod, 10, [0.8]) == 2 * len(ts)
+    assert calls_per_image(d.alphas_cumprod, 10, [0.8], guidance=1.0, guidance_band=(0.3, 3.0)) == len(ts)

@@ -168,6 +168,11 @@ def test_sampling_counts_calls_reports_progress_and_is_deterministic():
     assert calls == unet.rows // 2 == 2 * n_ts and n_ts < 20
     assert generate.calls_per_image(ac, 20, [0.3]) == calls
     assert generate.calls_per_image(ac, 20, [1.0, 0.3]) == 2 * 20 + calls  # a pass, then a refinement
+    unet = CountingUNet(run.model)  # guidance only where sigma_t is in (0.3, 3]: one call per step elsewhere
+    band, _ = generate.sample(unet, run.diffusion, cond, noise, steps=8, guidance_band=(0.3, 3.0))
+    calls = unet.rows // 2
+    assert 8 < calls < 16 and generate.calls_per_image(ac, 8, [1.0], guidance_band=(0.3, 3.0)) == calls
+    assert np.abs(band - generate.sample(run.model, run.diffusion, cond, noise, steps=8)[0]).max() > 1e-4
     with pytest.raises(ValueError, match="needs x_ref"):
         generate.sample(run.model, run.diffusion, cond, noise, strength=0.5)
 

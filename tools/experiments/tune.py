@@ -66,7 +66,7 @@ DEFAULTS = dict(
     set_candidates=0,             # > 0: write candidates=N into "flags" (0: leave test.py's default)
     real_max=2000,                # at most this many training photos for the judge's Fréchet distance
     budget=1200,                  # images x settings; the search stops before passing it (all
-                                  # of AXES, 18 settings, on up to 66 images)
+                                  # of AXES, 20 settings, on up to 60 images)
     seed=0,                       # the split's permutation and the generation noise (test.py's --seed)
     axes="",                      # comma-separated names of AXES to search, in AXES order; empty: all
     batch_size=4,
@@ -76,6 +76,7 @@ DEFAULTS = dict(
 SEARCHED = tuple(k for k in TUNED if k != "candidates")  # best-of-N is measured apart (issue 19 item 2)
 AXES = {  # values tried per axis, in this order; guidance 3.5 is the winning entry's scale
     "guidance": (2.0, 3.5, 1.5, 5.0),
+    "guidance_band": ((), (0.3, 3.0), (0.5, 6.0)),  # sigma_t intervals (Kynkäänniemi et al. 2024); SD's runs to 14.6
     "steps": (20, 10, 30),
     "strength": (0.8, 0.6, 1.0),
     "color_transfer": (0.5, 0.0, 0.25, 0.75, 1.0),
