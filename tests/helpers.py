@@ -1,8 +1,6 @@
 """Helpers that several test files share: tiny training states for both stages, their batches, a UNet
 call counter, weights moved away from their initial values, a hand-written safetensors file.
 Test files import from here, never from each other."""
-import json
-import struct
 
 import numpy as np
 
@@ -11,6 +9,7 @@ from jmodels.runtime import init_jittor
 jt = init_jittor(seed=0)
 import train_ldm  # noqa: E402
 import train_vae  # noqa: E402
+import weight_fuzz  # noqa: E402
 
 VAE_TINY = dict(train_vae.DEFAULTS, ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4, disc_ndf=8,
                 disc_layers=2, disc_start=2, batch_size=2, lr=1e-3)
@@ -76,14 +75,8 @@ class CountingUNet:
 
 
 def write_safetensors(path, tensors):
-    """The safetensors layout written by hand: u64 header size, JSON header, raw data."""
-    header, body = {}, b""
-    for k, v in tensors.items():
-        header[k] = {"dtype": {"float32": "F32", "float16": "F16"}[v.dtype.name], "shape": list(v.shape),
-                     "data_offsets": [len(body), len(body) + v.nbytes]}
-        body += v.tobytes()
-    head = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(head)) + head + body)
+    """The safetensors layout written by hand (weight_fuzz.safetensors): u64 header size, JSON header, raw data."""
+    path.write_bytes(weight_fuzz.safetensors(tensors))
 
 
 def tiny_judge(path, held_out=(), data="x"):

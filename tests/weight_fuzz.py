@@ -58,7 +58,7 @@ def torch_zip(pickle_bytes, storages):
 
 
 def safetensors(tensors):
-    """u64 header length, JSON header, raw data (as tests/helpers.write_safetensors, to bytes)."""
+    """u64 header length, JSON header, raw data: a safetensors file as bytes (tests/helpers.write_safetensors too)."""
     header, body = {}, b""
     for k, v in tensors.items():
         header[k] = {"dtype": {"float32": "F32", "float16": "F16"}[v.dtype.name], "shape": list(v.shape),
