@@ -22,10 +22,12 @@ DEMO_FLAGS="--train 120 --test 24 --seed 0"
 VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
 LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (the sizes' values: jmodels/presets.py)
 SR_FLAGS=${SR_FLAGS:-}        # extra train_sr.py flags
+DISTILL_FLAGS=${DISTILL_FLAGS:-}  # extra flags of the distill and steps stages (train_ldm.py --teacher)
+STUDENT_STEPS=${STUDENT_STEPS:-8 4}  # the steps stage's rounds: each student halves its teacher's steps
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/experiments/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr tune test picks report sr_report
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr distill steps tune test picks report sr_report
 JUDGE=${JUDGE:-runs/judge}    # the stand-in judge (<folder>/ckpt.npz) that tunes, picks and reports: half a of DATA
 JUDGE2=${JUDGE2:-runs/judge2} # a second judge (seed 1, half b) that scores best of N without having picked
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
@@ -36,7 +38,8 @@ if [ "$NP" -gt 1 ]; then bash tools/env/setup.sh --mpi; else bash tools/env/setu
 PY=.venv/bin/python
 # The recipe at this SCALE: jmodels/presets.py holds each stage's flags (demo: the scripts' own defaults)
 SCALE_VAE=$($PY -m jmodels.presets "$SCALE" vae) && SCALE_LDM=$($PY -m jmodels.presets "$SCALE" ldm) \
-    && SCALE_SR=$($PY -m jmodels.presets "$SCALE" sr) || exit 2
+    && SCALE_SR=$($PY -m jmodels.presets "$SCALE" sr) && SCALE_DISTILL=$($PY -m jmodels.presets "$SCALE" distill) \
+    && SCALE_STEPS=$($PY -m jmodels.presets "$SCALE" steps) || exit 2
 [ "$SCALE" != small ] || { DATA=${DATA:-../shared/data/gaugan_proxy}; TEST=${TEST:-holdout}; }
 TRAIN="env NP=$NP bash tools/env/launch.sh $PY"  # the training stages, as NP processes
 mkdir -p "$RUN"
@@ -50,7 +53,11 @@ redo() {  # redo STAGE PATH...: a forced stage starts over: its outputs and its 
     rm -rf "${@:2}"; [ ! -f "$RUN/times.tsv" ] || sed -i "/^$1\t/d" "$RUN/times.tsv"
 }
 older() {  # older PATH: PATH is missing or older than a checkpoint of this run (new weights: new outputs)
-    [ "$RUN/vae/ckpt.npz" -nt "$1" ] || [ "$RUN/ldm/ckpt.npz" -nt "$1" ] || [ "$RUN/sr/ckpt.npz" -nt "$1" ]
+    local stage
+    for stage in vae ldm sr distill $(printf 'distill%s ' $STUDENT_STEPS); do
+        [ ! "$RUN/$stage/ckpt.npz" -nt "$1" ] || return 0
+    done
+    return 1
 }
 REPORT=""                     # set below when the test folder is made from held-out pairs
 
@@ -108,6 +115,24 @@ fi
 SR_JUDGE=()  # held-out runs: the chain's native-resolution realism in the stage's log
 [ -z "$REPORT" ] || SR_JUDGE=(--judge "$JUDGE/ckpt.npz")
 timed sr $TRAIN train_sr.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --out "$RUN/sr" "${SR_JUDGE[@]}" $SCALE_SR $SR_FLAGS
+
+banner "distill: the guidance-distilled student of stage 2, one UNet call per step -> $RUN/distill/ckpt.npz"
+if forced distill || forced ldm || forced vae; then  # a new stage 2 needs its own student
+    redo distill "$RUN/distill"
+fi
+timed distill $TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --teacher "$RUN/ldm/ckpt.npz" \
+    --out "$RUN/distill" $SCALE_LDM $SCALE_DISTILL $DISTILL_FLAGS
+
+TEACHER="$RUN/distill"  # progressive distillation: each round's student teaches the next, half the steps
+for N in $STUDENT_STEPS; do
+    banner "steps: a student of $N DDIM steps (one UNet call each) from $TEACHER -> $RUN/distill$N/ckpt.npz"
+    if forced steps || forced distill || forced ldm || forced vae; then  # a new teacher needs new students
+        redo "distill$N" "$RUN/distill$N"
+    fi
+    timed "distill$N" $TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --teacher "$TEACHER/ckpt.npz" \
+        --student_steps "$N" --out "$RUN/distill$N" $SCALE_LDM $SCALE_STEPS $DISTILL_FLAGS
+    TEACHER="$RUN/distill$N"
+done
 
 if [ -n "$REPORT" ]; then  # tune test.py's settings on one half of the held-out pairs, report on the other
     if forced tune || older "$RUN/test_flags.json"; then

@@ -4,8 +4,9 @@
 
 Everything is validated before any network work (an unusable file stops the run with one error
 naming it). Each image starts from its reference's latent noised to --strength, is sampled with
-DPM-Solver++(2M) under classifier-free guidance (at most 40 UNet calls by default), decoded,
-upscaled to 512x384 and moved toward the reference's colours in Lab. The noise of an image is
+DPM-Solver++(2M) under classifier-free guidance (at most 40 UNet calls by default; 20 with the run's
+guidance-distilled student, which --distilled 0 turns off), decoded, super-resolved (or upscaled) to
+512x384 and moved toward the reference's colours in Lab. The noise of an image is
 seeded by its file name, so outputs do not depend on batch size or order. Each JPEG is written to
 a temporary name and renamed; --resume 1 keeps the valid outputs of an interrupted run. A write that
 fails (a full disk) stops the run with one line naming the file and the reason; the images already
@@ -74,7 +75,7 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     init_jittor(seed=settings.seed)
     try:
-        pipe = pipeline.load(run_dir, cfg["weights"], cfg["ldm"])
+        pipe = pipeline.load(run_dir, cfg["weights"], cfg["ldm"], distilled="" if settings.distilled else None)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     print(pipe.describe())

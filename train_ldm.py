@@ -1,6 +1,14 @@
 """Stage 2: train the label- and style-conditioned UNet in the frozen VAE's latent space.
 
     python train_ldm.py [--name value ...]     (every default below; `--help` lists them)
+    python train_ldm.py --teacher runs/x/ldm/ckpt.npz --out runs/x/distill   (guidance distillation)
+    python train_ldm.py --teacher runs/x/distill/ckpt.npz --student_steps 8 --out runs/x/distill8   (steps)
+
+With --teacher the same loop distils a trained stage 2 instead (`jmodels/distill.py`): a student with the
+teacher's architecture and weights plus the guidance scale as an input learns the teacher's guided output
+(two calls) in one call, for scales in --w_range, with the teacher's condition drops and loss weights.
+With --student_steps N it distils steps: from a guidance-distilled teacher (or a step student of 2N steps),
+a student whose one DDIM step does what two of the teacher's do, on the N-step grids from --strengths.
 
 Reads the stage-1 checkpoint (EMA weights and the measured latent scale). Writes `<out>/ckpt.npz`
 (step, UNet and diffusion configs, weights, EMA, optimizer state), `<out>/samples/*.png` (label |
@@ -21,7 +29,7 @@ import jittor as jt
 import numpy as np
 from tqdm import tqdm
 
-from jmodels import checkpoint, cli, generate, parallel, pipeline
+from jmodels import checkpoint, cli, distill, generate, parallel, pipeline
 from jmodels.atomic import WriteError
 from jmodels.checkpoint import CheckpointError
 from jmodels.conditioning import STYLE_DIM, conditions, reference_crop
@@ -33,6 +41,7 @@ from jmodels.lr_schedule import lr_at
 from jmodels.optim import AdamW, LossScale
 from jmodels.plots import draw_curves
 from jmodels.runtime import autocast, init_jittor, memory
+from jmodels.settings import fmt
 from jmodels.train_state import TrainState
 from jmodels.unet import UNet, UNetConfig
 from jmodels.vae import posterior_sample
@@ -57,6 +66,11 @@ DEFAULTS = dict(
     sample_steps=20, guidance=2.0,  # for the grids: DPM-Solver++(2M), guidance on mask and style
     cache_latents=False,        # encode the training set once (both flips) into <out>/latents.npz;
                                 # then augmentation is flips only (no zoom) and the VAE encoder never runs
+    teacher="",                 # a stage-2 checkpoint to distil (its EMA weights; the UNet flags above are then
+                                # the teacher's): the student learns its guided output in one call
+    w_range=(1.0, 5.0),         # with --teacher: the guidance scales the student learns, drawn uniformly
+    student_steps=0,            # with --teacher: > 0 distils steps: a student of this many DDIM steps
+    strengths=(0.8,),           # with --student_steps: the image-to-image starts its grids begin at (test.py's)
     seed=0, workers=2,
 )
 # ----------------------------------------------------------------------------------------------------
@@ -71,17 +85,50 @@ def configs(cfg):
     return unet, diffusion
 
 
-def new_state(cfg, unet_config, diffusion_config, vae, scale):
+def new_state(cfg, unet_config, diffusion_config, vae, scale, teacher=None):
     """A fresh stage-2 run: the UNet, its EMA twin and optimizer; the frozen VAE, its latent scale and
-    the diffusion schedule ride along as context (saved: the scale and the schedule's config)."""
-    model = UNet(unet_config)
+    the diffusion schedule ride along as context (saved: the scale and the schedule's config).
+    teacher: `load_teacher`'s (network, meta to record, its EMA weights): the UNet is its student."""
+    if teacher is None:
+        model, fixed = UNet(unet_config), {}
+    else:
+        model, fixed = distill.student_of(unet_config, teacher[2], cfg["teacher"]), dict(teacher=teacher[1])
+        unet_config = model.config
+        if cfg["student_steps"]:
+            fixed.update(steps=cfg["student_steps"], strengths=list(cfg["strengths"]))
     parallel.start_equal(model)
     fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
     opt = AdamW(model.named_parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                 grad_clip=cfg["grad_clip"], loss_scale=LossScale() if fp16 else None)
-    return TrainState("ldm", unet_config, cfg, {"model": model}, EMA(model, UNet(unet_config), cfg["ema_decay"]),
-                      {"opt": opt}, dict(diffusion=diffusion_config.to_dict(), latent_scale=scale),
-                      vae=vae, scale=scale, diffusion=GaussianDiffusion(diffusion_config), latent_cache=None)
+    twin = UNet(unet_config)
+    return TrainState("ldm", unet_config, cfg, {"model": model}, EMA(model, twin, cfg["ema_decay"]),
+                      {"opt": opt}, dict(diffusion=diffusion_config.to_dict(), latent_scale=scale, **fixed),
+                      vae=vae, scale=scale, diffusion=GaussianDiffusion(diffusion_config), latent_cache=None,
+                      teacher=None if teacher is None else teacher[0])
+
+
+def load_teacher(path, scale, student_steps=0):
+    """The stage 2 to distil: (frozen UNet with EMA weights, what the student records of it, the weights),
+    and its UNet and diffusion configs, which the student keeps. Guidance distillation (student_steps 0) takes
+    a stage 2 that guides by two calls; step distillation a guidance-distilled one, or a step student of
+    twice student_steps steps."""
+    meta, groups = checkpoint.load(path)
+    config = UNetConfig.from_dict(meta.get("config", {})) if meta.get("kind") == "ldm" else None
+    if student_steps == 0 and (config is None or config.guidance_embed):
+        raise CheckpointError(f"{path}: --teacher must be a stage-2 checkpoint that guides by two calls "
+                              f"(kind {meta.get('kind')!r})")
+    if student_steps > 0 and (config is None or not config.guidance_embed
+                              or meta.get("steps", distill.ROUND * student_steps) != distill.ROUND * student_steps):
+        raise CheckpointError(f"{path}: --student_steps {student_steps} needs a guidance-distilled teacher (run.sh's "
+                              f"distill stage) or a step student of {distill.ROUND * student_steps} steps "
+                              f"(this one: kind {meta.get('kind')!r}, steps {meta.get('steps')})")
+    pipeline.check_latent_scale(path, meta, scale, "this --vae")
+    unet = checkpoint.load_into(UNet(config), groups["ema"], f"{path} [ema]")
+    for p in unet.parameters():
+        p.stop_grad()
+    unet.eval()
+    return (unet, distill.teacher_meta(path, meta, groups["ema"]), groups["ema"]), config, \
+        DiffusionConfig(**meta["diffusion"])
 
 
 def resume(run, path):
@@ -92,6 +139,13 @@ def resume(run, path):
             raise CheckpointError(f"{path}: written for the diffusion config {meta['diffusion']}, this run's is "
                                   f"{run.diffusion.config.to_dict()}; use another --out or the same flags")
         pipeline.check_latent_scale(path, meta, run.scale, "this --vae")
+        if meta.get("teacher", {}).get("fingerprint") != run.fixed_meta.get("teacher", {}).get("fingerprint"):
+            raise CheckpointError(f"{path}: distilled from {meta.get('teacher', {}).get('path', 'no teacher')}, "
+                                  f"this run from {run.cfg['teacher'] or 'no teacher'}; use another --out")
+        for key in ("steps", "strengths"):
+            if meta.get(key) != run.fixed_meta.get(key):
+                raise CheckpointError(f"{path}: a student of {key} {meta.get(key)}, this run's are "
+                                      f"{run.fixed_meta.get(key)}; use another --out or the same flags")
 
     return run.load(path, check)
 
@@ -133,6 +187,7 @@ def make_inputs(run, batch, rng):
     dropped = {"mask": (rng.random(n) < run.cfg["p_drop_mask"])[mine],
                "style": (rng.random(n) < run.cfg["p_drop_style"])[mine]}
     t = rng.integers(0, run.diffusion.num_timesteps, n)[mine]
+    w = distill.draw_scales(rng, n, run.cfg["w_range"])[mine] if run.teacher is not None else None
     with jt.no_grad():
         if run.latent_cache is not None:
             pick = (batch["index"], batch["flip"].astype(np.int64))
@@ -147,7 +202,7 @@ def make_inputs(run, batch, rng):
     refs = [img[y0:y1, x0:x1] for img, (y0, x0, y1, x1) in zip(images, crops)]
     ref_latents = [lat[:, y0 // 8:y1 // 8, x0 // 8:x1 // 8] for lat, (y0, x0, y1, x1) in zip(z_mean, crops)]
     cond = conditions(batch["label"], refs, ref_latents, dropped)
-    return z, cond["mask"], cond["style"], t
+    return z, cond["mask"], cond["style"], t, w
 
 
 def train_step(run, micro_batches):
@@ -160,14 +215,27 @@ def train_step(run, micro_batches):
     unet = autocast(run.model, cfg["precision"])
 
     def model_fn(x_t, t, c):  # t stays numpy for the loss weights; the network takes a Var
-        return unet(x_t, jt.array(t), c["mask"], c["style"])
+        return unet(x_t, jt.array(t), c["mask"], c["style"], c.get("w"))
+
+    def teacher_fn(x_t, t, c):
+        return run.teacher(x_t, jt.array(t), c["mask"], c["style"], c.get("w"))
 
     total = 0.0
     for batch in micro_batches:
-        z, mask, style, t = make_inputs(run, batch, rng)
+        z, mask, style, t, w = make_inputs(run, batch, rng)
         z = jt.array(z)
         eps = parallel.randn(z.shape)
-        loss = run.diffusion.loss(model_fn, z, t, eps, {"mask": jt.array(mask), "style": jt.array(style)})
+        cond = {"mask": jt.array(mask), "style": jt.array(style)}
+        if w is None:  # stage 2
+            loss = run.diffusion.loss(model_fn, z, t, eps, cond)
+        elif cfg["student_steps"]:  # step distillation: one grid step (t, t_next) per micro-batch
+            t_now, t_next = distill.draw_step(rng, run.diffusion.alphas_cumprod, cfg["student_steps"], cfg["strengths"])
+            both = dict(cond, w=jt.array(w))
+            loss = distill.step_loss(run.diffusion, lambda x, ts: model_fn(x, ts, both),
+                                     lambda x, ts: teacher_fn(x, ts, both), z, eps, t_now, t_next)
+        else:  # guidance distillation
+            loss = run.diffusion.loss(model_fn, z, t, eps, dict(cond, w=jt.array(w)),
+                                      distill.guided_target(teacher_fn, t, cond, w))
         run.opt.backward(loss / accum)
         total += loss.item() / accum
     run.opt.step()
@@ -183,8 +251,10 @@ def sample_grid(run, val, path):
     ref_latents = generate.encode_mean(run.vae, val["image"][refs], run.scale)
     cond = conditions(val["label"][:n], to_uint8(val["image"][refs]), ref_latents)
     noise = np.random.default_rng(run.cfg["seed"]).standard_normal(ref_latents.shape).astype(np.float32)
-    z, _ = generate.sample(run.ema.twin, run.diffusion, cond, noise, steps=run.cfg["sample_steps"],
-                           guidance=run.cfg["guidance"])
+    steps = run.cfg["student_steps"]  # a step student samples on the grid it learned, from the reference
+    z, _ = generate.sample(run.ema.twin, run.diffusion, cond, noise, steps=steps or run.cfg["sample_steps"],
+                           guidance=run.cfg["guidance"], sampler="ddim" if steps else "dpmpp_2m",
+                           strength=run.cfg["strengths"][0] if steps else 1.0, x_ref=ref_latents)
     out = to_uint8(generate.decode(run.vae, z, run.scale))
     rows = [[colorize(val["label"][i]), to_uint8(val["image"][refs[i]]), out[i], to_uint8(val["image"][i])]
             for i in range(n)]
@@ -198,6 +268,9 @@ def main(argv=None):
     out = Path(cfg["out"])
     unet_config, diffusion_config = configs(cfg)
     vae, scale = pipeline.load_vae(cfg["vae"])
+    teacher = None
+    if cfg["teacher"]:  # distillation: the teacher's networks and schedule, whatever the flags say
+        teacher, unet_config, diffusion_config = load_teacher(cfg["teacher"], scale, cfg["student_steps"])
     train_stems, val_stems = split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
     train_set = PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems,
                                     max_zoom=1.0 if cfg["cache_latents"] else 1.25)
@@ -205,7 +278,7 @@ def main(argv=None):
     val = collate([val_set.load(i) for i in range(min(8, len(val_set)))])
     loader = BatchLoader(train_set, cfg["batch_size"], cfg["seed"], rank=jt.rank,
                                  world_size=jt.world_size, workers=cfg["workers"])
-    run = new_state(cfg, unet_config, diffusion_config, vae, scale)
+    run = new_state(cfg, unet_config, diffusion_config, vae, scale, teacher)
     if cfg["cache_latents"]:
         plain = PairDataset(cfg["data"], cfg["size"], augment=False, stems=train_stems)
         source = f"{Path(cfg['vae']).resolve()}@{Path(cfg['vae']).stat().st_mtime_ns}:{cfg['size']}"
@@ -218,13 +291,21 @@ def main(argv=None):
             parallel.print0(f"already trained: step {run.step}")
             return run.meta()
     n_params = sum(int(np.prod(p.shape)) for p in run.model.parameters())
+    if teacher is not None:
+        what = (f"{cfg['student_steps']} DDIM steps from {fmt(cfg['strengths'])} for {distill.ROUND} x as many"
+                if cfg["student_steps"] else "one call for two")
+        parallel.print0(f"distilling {cfg['teacher']} (step {teacher[1]['step']}): {what}, guidance scales "
+                        f"{cfg['w_range'][0]}..{cfg['w_range'][1]}")
     parallel.print0(f"UNet: {n_params / 1e6:.2f} M parameters; latents {cfg['size'][0] // 8}x{cfg['size'][1] // 8}, "
                     f"scale {scale:.4f}; {jt.world_size} process(es), global batch {cfg['batch_size']}; augmentation: "
                     + ("flips only (--cache_latents: no zoom)" if cfg["cache_latents"] else "flips and zoom up to 1.25"))
     save, grid, curves = parallel.on_main(run.save), parallel.on_main(sample_grid), parallel.on_main(draw_curves)
     log = parallel.open_log(out / "log.jsonl")
     batches = loader.forever(start_step=run.step * cfg["accum"])
-    bar = tqdm(total=cfg["max_steps"], initial=run.step, desc="ldm", dynamic_ncols=True,
+    stage = "ldm" if teacher is None else f"distill{cfg['student_steps'] or ''}"
+    title = ("stage 2: the conditional UNet" if teacher is None else f"step distillation: {cfg['student_steps']} steps"
+             if cfg["student_steps"] else "guidance distillation: the one-call student")
+    bar = tqdm(total=cfg["max_steps"], initial=run.step, desc=stage, dynamic_ncols=True,
                disable=not parallel.is_main())
     t0, recent = time.time(), []
     while run.step < cfg["max_steps"]:
@@ -241,7 +322,7 @@ def main(argv=None):
             grid(run, val, out / "samples" / f"step_{run.step:07d}.png")
         if run.step % cfg["ckpt_every"] == 0 or run.step == cfg["max_steps"]:
             save(ckpt)
-            curves(out / "log.jsonl", out / "curves.png", "stage 2: the conditional UNet")
+            curves(out / "log.jsonl", out / "curves.png", title)
     bar.close()
     parallel.print0(f"done: step {run.step} -> {ckpt}")
     return run.meta()

@@ -6,6 +6,7 @@ code (`allow_pickle=False`). Writing goes to a temporary file in the same folder
 so an interrupted save never leaves a half-written checkpoint. Loading weights is strict: missing
 or unexpected keys and shape mismatches raise with the full list (Jittor's own only warns).
 """
+import hashlib
 import json
 import zipfile
 from dataclasses import asdict, fields
@@ -91,3 +92,13 @@ def load_into(module, arrays, where="checkpoint"):
     for k, v in own.items():
         v.update(arrays[k].astype(str(v.dtype)))
     return module
+
+
+def fingerprint(arrays):
+    """sha256 of {key: array} (keys, dtypes, shapes and bytes, in key order): which weights these are."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

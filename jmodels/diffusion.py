@@ -101,13 +101,16 @@ class GaussianDiffusion:
         w = w / snr if self.config.prediction == "eps" else w / (snr + 1.0)
         return w.astype(np.float32)
 
-    def loss(self, model_fn, x0, t, eps, cond):
+    def loss(self, model_fn, x0, t, eps, cond, target_fn=None):
         """The training loss, a scalar: the batch mean of loss_weight(t) times each sample's MSE between
         `model_fn(x_t, t, cond)`, x_t = q_sample(x0, t, eps), and the target (guided-diffusion's
         `training_losses`, k-diffusion's `Denoiser.loss`). t: integer timesteps (B,) as numpy, passed
-        to model_fn as they are; `cond` is only forwarded to model_fn."""
-        out = model_fn(self.q_sample(x0, t, eps), t, cond)
-        mse = _mean_sq(out - self.target(x0, eps, t))  # (B,)
+        to model_fn as they are; `cond` is only forwarded to model_fn. `target_fn(x_t)`, when given, is
+        the output to match instead of the schedule's target (distillation: a teacher's guided output)."""
+        x_t = self.q_sample(x0, t, eps)
+        out = model_fn(x_t, t, cond)
+        target = self.target(x0, eps, t) if target_fn is None else target_fn(x_t)
+        mse = _mean_sq(out - target)  # (B,)
         return (mse * _bcast(self.loss_weight(t), mse)).mean()
 
 

@@ -10,7 +10,8 @@ import jittor as jt
 import numpy as np
 
 from .diffusion import spaced_timesteps
-from .samplers import SAMPLERS, cfg_denoiser, guidance_interval, is_guided, noised_start
+from .distill import DROP
+from .samplers import SAMPLERS, cfg_denoiser, embedded_guidance_denoiser, guidance_interval, is_guided, noised_start
 
 VAE_CHUNK = 2  # images per VAE call: full-size activations are large (the UNet batch is not limited)
 
@@ -50,15 +51,22 @@ def sample(unet, diffusion, cond, noise, steps=20, sampler="dpmpp_2m", guidance=
         x = jt.array(noise)
     rows = [0]
 
-    def model_fn(x_t, t, c):
+    def model_fn(x_t, t, c, w=None):
         rows[0] += x_t.shape[0]
-        out = unet(x_t, jt.array(t), c["mask"], c["style"])
+        out = unet(x_t, jt.array(t), c["mask"], c["style"], *(() if w is None else (jt.array(w),)))
         out.sync()  # run each step now: Jittor is lazy, and the loop must not grow one graph of all steps
         return out
 
-    nulls = {k: jt.zeros_like for k in drop}
-    den = cfg_denoiser(model_fn, diffusion.to_x0_eps, {k: jt.array(v) for k, v in cond.items()},
-                       guidance, nulls, jt.concat, guidance_interval(diffusion.alphas_cumprod, ts, guidance_band))
+    cond = {k: jt.array(v) for k, v in cond.items()}
+    band = guidance_interval(diffusion.alphas_cumprod, ts, guidance_band)
+    if getattr(getattr(unet, "config", None), "guidance_embed", False):  # a distilled student: one call per step
+        if is_guided(guidance, drop) and set(drop) != set(DROP):
+            raise ValueError(f"this student learned the guidance that drops {','.join(DROP)}, not {','.join(drop)}")
+        den = embedded_guidance_denoiser(model_fn, diffusion.to_x0_eps, cond,
+                                         guidance if is_guided(guidance, drop) else 1.0, band)
+    else:
+        den = cfg_denoiser(model_fn, diffusion.to_x0_eps, cond, guidance, {k: jt.zeros_like for k in drop},
+                           jt.concat, band)
     with jt.no_grad():
         z = SAMPLERS[sampler](den, x, ts, diffusion.alphas_cumprod,
                               callback=_with_counts(callback, rows, len(noise), len(ts))).numpy()
@@ -74,13 +82,14 @@ def _with_counts(callback, rows, n, steps):
 
 
 def calls_per_image(alphas_cumprod, steps, strengths, guidance=2.0, drop=("mask", "style"), spacing="logsnr",
-                    guidance_band=()):
+                    guidance_band=(), distilled=False):
     """UNet calls one image takes, as `sample` counts them, over passes at `strengths` (a first pass, then
-    refinements): one per step, two where guidance batches the unconditional rows (inside the band)."""
+    refinements): one per step, two where guidance batches the unconditional rows (inside the band); a
+    guidance-distilled student (`distilled`) takes one everywhere."""
     total = 0
     for s in strengths:
         ts = spaced_timesteps(alphas_cumprod, steps, s, spacing)
         guided = guidance_interval(alphas_cumprod, ts, guidance_band)
         n_guided = len(ts) if guided is None else len(guided)
-        total += len(ts) + (n_guided if is_guided(guidance, drop) else 0)
+        total += len(ts) + (n_guided if is_guided(guidance, drop) and not distilled else 0)
     return total

@@ -1,7 +1,8 @@
 """A trained run, loaded once, and the one path from a label map and a reference to a contest image.
 
-`load(run_dir)` reads the frozen VAE (EMA weights, measured latent scale) and the stage-2 UNet
-strictly into a `Pipeline`; `generate(pipe, settings, ...)` turns labels and references into
+`load(run_dir)` reads the frozen VAE (EMA weights, measured latent scale), the stage-2 UNet and, when the
+run has them, its guidance-distilled student and the stage-3 network strictly into a `Pipeline`;
+`generate(pipe, settings, ...)` turns labels and references into
 512x384 uint8 images. test.py, the report, the benchmarks and the studio all go through here, so
 the same inputs and settings give the same bytes wherever they are generated.
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import checkpoint
+from . import checkpoint, distill
 from .checkpoint import CheckpointError
 from .classes import NUM_CLASSES
 from .color import reinhard_transfer
@@ -20,12 +21,26 @@ from .conditioning import conditions, withhold
 from .diffusion import DiffusionConfig, GaussianDiffusion
 from .generate import calls_per_image, decode, encode_mean, sample
 from .imageio import to_uint8, to_unit
+from .samplers import is_guided
 from .scoring import candidate_score, judge_scores
+from .settings import fmt
 from .sr import SRConfig, SuperResolution, upscale
 from .unet import UNet, UNetConfig
 from .vae import AutoencoderKL, VAEConfig
 
 OUT_SIZE = (512, 384)  # (W, H) of every contest output
+
+
+@dataclass(frozen=True)
+class StepStudent:
+    """A step-distilled student (jmodels.distill): `steps` DDIM steps from each of `strengths`, one call each."""
+    steps: int
+    strengths: tuple
+    unet: object
+    path: Path
+
+    def fits(self, steps, strength):
+        return steps == self.steps and any(abs(strength - s) < 1e-9 for s in self.strengths)
 
 
 @dataclass(frozen=True)
@@ -42,14 +57,33 @@ class Pipeline:
     weights: str                # "ema" | "raw"
     sr: object = None           # jmodels.sr.SuperResolution (EMA weights), or None: the run has no stage 3
     sr_path: Path = None
+    student: object = None      # the guidance-distilled UNet (jmodels.distill; EMA weights), or None: none
+    student_path: Path = None
+    step_students: tuple = ()   # StepStudent, most steps first: <run>/distill<N>/ckpt.npz
 
     def describe(self):
         w, h = self.train_size
         third = (f"stage 3: {self.sr_path} (2x super-resolution, {sr_passes(self.train_size, self.sr_path)} pass(es) "
                  f"to {OUT_SIZE[0]}x{OUT_SIZE[1]})" if self.sr is not None else
                  f"no stage 3 (no {self.sr_path}): {w}x{h} is upscaled to {OUT_SIZE[0]}x{OUT_SIZE[1]} (Lanczos)")
+        student = (f"its guidance-distilled student {self.student_path} (one call per step)" if self.student is not None
+                   else f"no distilled student (no {self.student_path}): guidance takes two calls per step")
+        for s in self.step_students:
+            student += f"; step student {s.path} ({s.steps} DDIM steps from strength {fmt(s.strengths)})"
         return (f"stage 1: {self.vae_path} (latent scale {self.latent_scale:.4f}); stage 2: {self.ldm_path}, "
-                f"step {self.ldm_step}, {self.weights} weights, trained at {w}x{h}; {third}")
+                f"step {self.ldm_step}, {self.weights} weights, trained at {w}x{h}; {student}; {third}")
+
+    def denoiser(self, settings, strength=None):
+        """(UNet, sampler) of a pass from `strength` (default settings.strength) with `settings`: with
+        settings.distilled and guidance the students learned (dropping mask and style, or none), the step
+        student of settings.steps from that strength (DDIM, its grid) or else the guidance-distilled student;
+        otherwise, or where the run has none, the teacher (two calls per guided step)."""
+        learned = set(settings.drop) == set(distill.DROP) or not is_guided(settings.guidance, settings.drop)
+        if self.student is None or not settings.distilled or not learned:
+            return self.unet, settings.sampler
+        strength = settings.strength if strength is None else strength
+        step = [s for s in self.step_students if s.fits(settings.steps, strength)]
+        return (step[0].unet, "ddim") if step else (self.student, settings.sampler)
 
 
 def load_vae(path):
@@ -78,7 +112,8 @@ def sr_passes(size, sr_path=None):
     n = int(round(np.log2(OUT_SIZE[0] / size[0])))
     if n < 0 or (size[0] << n, size[1] << n) != OUT_SIZE:
         raise CheckpointError(f"{sr_path}: a 2x super-resolution stage cannot take {size[0]}x{size[1]} to "
-                              f"{OUT_SIZE[0]}x{OUT_SIZE[1]} (not a power of two); generate at another --size, or --sr 0")
+                              f"{OUT_SIZE[0]}x{OUT_SIZE[1]} (not a power of two); generate at another --size, "
+                              "or --sr 0")
     return n
 
 
@@ -96,9 +131,40 @@ def load_sr(path, scale):
     return model
 
 
-def load(run_dir, weights="ema", ldm="", sr=""):
-    """The run in `run_dir` (vae/ckpt.npz, ldm/ckpt.npz and, when trained, sr/ckpt.npz); `ldm` and `sr` name
-    other files (e.g. an averaged stage 2)."""
+def load_student(path, teacher_path, teacher_ema, scale, weights):
+    """A distilled student, strictly: (UNet, its meta, its EMA weights); it must have been distilled from the
+    teacher given (this run's stage 2, or the student its steps were distilled from)."""
+    meta, groups = checkpoint.load(path)
+    try:
+        config = distill.student_config(meta)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    check_latent_scale(path, meta, scale, "this run's autoencoder")
+    distill.check_teacher(path, meta["teacher"], teacher_path, teacher_ema)
+    student = checkpoint.load_into(UNet(config), groups["ema" if weights == "ema" else "model"], f"{path} [{weights}]")
+    student.eval()
+    return student, meta, groups["ema"]
+
+
+def load_step_students(run_dir, teacher_path, teacher_ema, scale, weights):
+    """The run's step students (<run>/distill<N>/ckpt.npz), each checked against its teacher: the student of 2N
+    steps when the run has it, else the guidance-distilled one."""
+    found = sorted((int(d.name[len("distill"):]), d / "ckpt.npz") for d in Path(run_dir).glob("distill[0-9]*")
+                   if d.name[len("distill"):].isdigit() and (d / "ckpt.npz").is_file())
+    students, teachers = [], {}
+    for steps, path in reversed(found):  # most steps first: a student's teacher is loaded before it
+        t_path, t_ema = teachers.get(distill.ROUND * steps, (teacher_path, teacher_ema))
+        unet, meta, ema = load_student(path, t_path, t_ema, scale, weights)
+        if meta.get("steps") != steps:
+            raise CheckpointError(f"{path}: a student of {meta.get('steps')} steps in the folder of {steps}")
+        students.append(StepStudent(steps, tuple(meta["strengths"]), unet, path))
+        teachers[steps] = (path, ema)
+    return tuple(students)
+
+
+def load(run_dir, weights="ema", ldm="", sr="", distilled=""):
+    """The run in `run_dir` (vae/ckpt.npz, ldm/ckpt.npz and, when trained, distill/ckpt.npz and sr/ckpt.npz);
+    `ldm`, `sr` and `distilled` name other files (e.g. an averaged stage 2); distilled=None loads no student."""
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be ema or raw, got {weights!r}")
     vae_path = Path(run_dir) / "vae" / "ckpt.npz"
@@ -108,9 +174,17 @@ def load(run_dir, weights="ema", ldm="", sr=""):
     if meta.get("kind") != "ldm":
         raise checkpoint.CheckpointError(f"{ldm_path}: not a stage-2 checkpoint (kind {meta.get('kind')!r})")
     unet = UNet(UNetConfig.from_dict(meta["config"]))
+    if unet.config.guidance_embed:
+        raise checkpoint.CheckpointError(f"{ldm_path}: a guidance-distilled student, not a stage 2; name it with "
+                                         "--distilled, beside its teacher")
     checkpoint.load_into(unet, groups["ema" if weights == "ema" else "model"], f"{ldm_path} [{weights}]")
     unet.eval()
     check_latent_scale(ldm_path, meta, scale, f"the VAE {vae_path}")
+    student_path = Path(distilled) if distilled else Path(run_dir) / "distill" / "ckpt.npz"
+    student, step_students = None, ()
+    if distilled or (distilled is not None and student_path.is_file()):
+        student, _, student_ema = load_student(student_path, ldm_path, groups["ema"], scale, weights)
+        step_students = load_step_students(run_dir, student_path, student_ema, scale, weights)
     size = tuple(meta["train"]["size"])
     sr_path = Path(sr) if sr else Path(run_dir) / "sr" / "ckpt.npz"
     stage3 = None
@@ -118,7 +192,7 @@ def load(run_dir, weights="ema", ldm="", sr=""):
         stage3 = load_sr(sr_path, scale)
         sr_passes(size, sr_path)
     return Pipeline(vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])), size, vae_path,
-                    ldm_path, int(meta["step"]), weights, stage3, sr_path)
+                    ldm_path, int(meta["step"]), weights, stage3, sr_path, student, student_path, step_students)
 
 
 def image_seed(stem, seed):
@@ -146,7 +220,8 @@ def sample_latents(pipe, settings, stems, cond, z_start, strength, tag="", callb
     seeded by each stem, the seed and `tag` (which names a refinement pass)."""
     noise = np.stack([np.random.default_rng(image_seed(s + tag, settings.seed)).standard_normal(z_start.shape[1:])
                       for s in stems]).astype(np.float32)
-    return sample(pipe.unet, pipe.diffusion, cond, noise, steps=settings.steps, sampler=settings.sampler,
+    unet, sampler = pipe.denoiser(settings, strength)
+    return sample(unet, pipe.diffusion, cond, noise, steps=settings.steps, sampler=sampler,
                   guidance=settings.guidance, drop=settings.drop, strength=strength, x_ref=z_start, callback=callback,
                   guidance_band=settings.guidance_band)
 
@@ -154,7 +229,8 @@ def sample_latents(pipe, settings, stems, cond, z_start, strength, tag="", callb
 def expected_calls(pipe, settings):
     """UNet calls per image that `generate` (times the candidates: `best_of`) makes with `settings`."""
     one = calls_per_image(pipe.diffusion.alphas_cumprod, settings.steps, (settings.strength, *settings.refine),
-                          settings.guidance, settings.drop, guidance_band=settings.guidance_band)
+                          settings.guidance, settings.drop, guidance_band=settings.guidance_band,
+                          distilled=pipe.denoiser(settings)[0] is not pipe.unet)
     return one * settings.candidates
 
 

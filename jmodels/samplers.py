@@ -95,17 +95,43 @@ def cfg_denoiser(model_fn, to_x0_eps, cond, scale, drop, concat, guided_at=None)
     model alone, one call (guidance in a limited interval: `guidance_interval`).
     Returns `denoise(x, t) -> (x0, eps)` for the samplers.
     """
-    uncond = {k: (drop[k](v) if k in drop else v) for k, v in cond.items()}
-    both = {k: concat([cond[k], uncond[k]]) for k in cond}
+    both = paired_conditions(cond, drop, concat)
 
     def denoise(x, t):
         n = x.shape[0]
         if not is_guided(scale, drop) or (guided_at is not None and int(t) not in guided_at):
             out = model_fn(x, _steps(t, n), cond)
         else:
-            out2 = model_fn(concat([x, x]), _steps(t, 2 * n), both)
-            out_c, out_u = out2[:n], out2[n:]
-            out = out_u + scale * (out_c - out_u)
+            out = guided(model_fn, x, _steps(t, n), both, scale, concat)
+        return to_x0_eps(out, x, _steps(t, n))
+
+    return denoise
+
+
+def paired_conditions(cond, drop, concat):
+    """The conditions of a guided call: `cond`'s rows, then the same with the entries named in `drop` replaced
+    by their null value (`drop` maps a name to a function giving it)."""
+    return {k: concat([v, drop[k](v) if k in drop else v]) for k, v in cond.items()}
+
+
+def guided(model_fn, x, t, both, scale, concat):
+    """Classifier-free guidance in one batched call of 2B rows: out_u + scale (out_c - out_u). t: (B,) steps;
+    both: `paired_conditions`; scale: a number, or per row (B, 1, ..., 1) (a distillation target)."""
+    n = x.shape[0]
+    out2 = model_fn(concat([x, x]), np.concatenate([np.asarray(t), np.asarray(t)]), both)
+    out_c, out_u = out2[:n], out2[n:]
+    return out_u + scale * (out_c - out_u)
+
+
+def embedded_guidance_denoiser(model_fn, to_x0_eps, cond, scale, guided_at=None):
+    """The denoiser of a guidance-distilled student (`jmodels.distill`): `model_fn(x, t, cond, w)` gives the
+    guided output for scale w in one call. Outside `guided_at` (see `cfg_denoiser`) w = 1: the conditional
+    model, as `cfg_denoiser` takes it there. Returns `denoise(x, t) -> (x0, eps)`."""
+
+    def denoise(x, t):
+        n = x.shape[0]
+        w = scale if guided_at is None or int(t) in guided_at else 1.0
+        out = model_fn(x, _steps(t, n), cond, np.full((n,), w, np.float32))
         return to_x0_eps(out, x, _steps(t, n))
 
     return denoise

@@ -21,6 +21,7 @@ RANGES = {
     "color_transfer": (float, 0.0, 1.0),
     "color_per_class": (bool, 0, 1),
     "sr": (bool, 0, 1),
+    "distilled": (bool, 0, 1),
     "candidates": (int, 1, 64),
     "seed": (int, 0, 2 ** 31 - 1),
 }
@@ -51,6 +52,8 @@ class GenerationSettings:
     color_per_class: bool = True     # per class where the reference's label map has the class
     refine: tuple = ()               # refinement passes: the transferred output re-noised to each strength
     sr: bool = True                  # stage 3 (the run's sr/ckpt.npz) up to 512x384, when the run has it
+    distilled: bool = True           # the guidance-distilled student (the run's distill/ckpt.npz), when it has one and
+                                     # drop is what it learned (mask,style): one UNet call per step
     candidates: int = 1              # best of N samples per image, picked by the judge
     seed: int = 0                    # with each file name, seeds the image's noise
 
@@ -103,8 +106,9 @@ class GenerationSettings:
 
 
 NAMES = tuple(f.name for f in dataclasses.fields(GenerationSettings))
+# what a tuning result (<run>/test_flags.json, tools/experiments/tune.py) may set
 TUNED = ("sampler", "steps", "strength", "guidance", "guidance_band", "drop", "color_transfer", "color_per_class",
-         "refine", "candidates")  # what a tuning result (<run>/test_flags.json, tools/experiments/tune.py) may set
+         "refine", "distilled", "candidates")
 
 
 def _is(value, kind):

@@ -1,9 +1,12 @@
 """The stage-2 denoiser: a UNet over VAE latents that follows the label map pixel by pixel (SPADE)
 and takes the reference's style as a vector added to the timestep embedding.
 
-`execute(x_t, t, mask, style)`: x_t (B, 4, h, w) latents; t (B,) integer timesteps; mask
+`execute(x_t, t, mask, style, w=None)`: x_t (B, 4, h, w) latents; t (B,) integer timesteps; mask
 (B, 29, H, W) one-hot label map at any multiple of (h, w) (all zeros = no mask, for guidance);
-style (B, style_dim) from `jmodels.conditioning.style_features` (all zeros = no style).
+style (B, style_dim) from `jmodels.conditioning.style_features` (all zeros = no style); w (B,) the
+guidance scale, only for a guidance-distilled student (`guidance_embed`, `jmodels.distill`): embedded
+like the timestep and added to its embedding through a zero-initialised layer, so a student made from
+its teacher starts as the teacher's conditional model at every w.
 The mask enters every res-block through spatially-adaptive GroupNorm, resized with NEAREST to
 each level. Output convs are zero-initialised, so training starts from a zero prediction.
 Refs: Park et al. 2019 (SPADE); Wang et al. 2022 (SDM, semantic diffusion); Dhariwal & Nichol 2021
@@ -17,7 +20,7 @@ from jittor import init, nn
 
 from .checkpoint import SavedConfig
 from .classes import NUM_CLASSES
-from .layers import GroupNorm, SelfAttention, Upsample
+from .layers import GroupNorm, RowLinear, SelfAttention, Upsample
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class UNetConfig(SavedConfig):
     spade_hidden: int = 128
     norm_groups: int = 32
     dropout: float = 0.0
+    guidance_embed: bool = False  # a guidance-distilled student: takes the guidance scale w as an input
 
     @property
     def factor(self):
@@ -45,6 +49,9 @@ def timestep_embedding(t, dim, max_period=10000):
     freqs = jt.exp(-math.log(max_period) * jt.arange(half).float32() / half)
     args = t.float32().reshape(-1, 1) * freqs.reshape(1, -1)
     return jt.concat([jt.cos(args), jt.sin(args)], dim=1)
+
+
+W_EMBED_SCALE = 100.0  # guidance scales 1..10 embedded like timesteps 100..1000 (Meng et al. 2023: Fourier features)
 
 
 def zero_module(m):
@@ -75,7 +82,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.norm1 = SPADE(in_ch, c)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.emb = RowLinear(emb_dim, 2 * out_ch)
         self.norm2 = SPADE(out_ch, c)
         self.dropout = nn.Dropout(c.dropout)
         self.conv2 = zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1))
@@ -123,8 +130,10 @@ class UNet(nn.Module):
         c = self.config = config
         emb_dim = 4 * c.ch
         widths = [c.ch * m for m in c.ch_mult]
-        self.time_embed = nn.Sequential(nn.Linear(c.ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.style_embed = nn.Sequential(nn.Linear(c.style_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(RowLinear(c.ch, emb_dim), nn.SiLU(), RowLinear(emb_dim, emb_dim))
+        self.style_embed = nn.Sequential(RowLinear(c.style_dim, emb_dim), nn.SiLU(), RowLinear(emb_dim, emb_dim))
+        if c.guidance_embed:
+            self.w_embed = nn.Sequential(RowLinear(c.ch, emb_dim), nn.SiLU(), zero_module(RowLinear(emb_dim, emb_dim)))
         self.input_blocks = nn.ModuleList([nn.Conv2d(c.in_channels, widths[0], 3, padding=1)])
         skips, ch = [widths[0]], widths[0]
         for lvl, w in enumerate(widths):
@@ -146,7 +155,7 @@ class UNet(nn.Module):
         self.norm_out = GroupNorm(c.norm_groups, ch)
         self.conv_out = zero_module(nn.Conv2d(ch, c.in_channels, 3, padding=1))
 
-    def check_inputs(self, x, t, mask, style):
+    def check_inputs(self, x, t, mask, style, w_scale):
         c, (b, _, h, w) = self.config, x.shape
         assert x.ndim == 4 and x.shape[1] == c.in_channels, f"x_t must be (B, {c.in_channels}, h, w), got {x.shape}"
         assert h % c.factor == 0 and w % c.factor == 0, f"latent sides {h}x{w} must be multiples of {c.factor}"
@@ -156,10 +165,17 @@ class UNet(nn.Module):
         assert mask.shape[2] % h == 0 and mask.shape[3] % w == 0 and mask.shape[2] // h == mask.shape[3] // w, \
             f"mask {mask.shape[2]}x{mask.shape[3]} is not a whole multiple of the latent {h}x{w}"
         assert tuple(style.shape) == (b, c.style_dim), f"style must be (B, {c.style_dim}), got {style.shape}"
+        if c.guidance_embed:
+            assert w_scale is not None and tuple(w_scale.shape) == (b,), \
+                f"a guidance-distilled UNet needs w (B,) = ({b},), got {None if w_scale is None else w_scale.shape}"
+        else:
+            assert w_scale is None, "w is the input of a guidance-distilled UNet; this one guides by two calls"
 
-    def execute(self, x, t, mask, style):
-        self.check_inputs(x, t, mask, style)
+    def execute(self, x, t, mask, style, w=None):
+        self.check_inputs(x, t, mask, style, w)
         emb = self.time_embed(timestep_embedding(t, self.config.ch)) + self.style_embed(style)
+        if w is not None:
+            emb = emb + self.w_embed(timestep_embedding(w * W_EMBED_SCALE, self.config.ch))
         masks = {}
 
         def mask_at(h):  # the label map at h's resolution: NEAREST by pixel-centre sampling, cached

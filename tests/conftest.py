@@ -75,6 +75,9 @@ def tiny_run(run, size=(64, 48), **train):
                       norm_groups=8, style_dim=STYLE_DIM)
     vae = VAEConfig(ch=8, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=4)
 
+    import jittor as jt
+    jt.sync_all()
+    jt.set_global_seed(0)  # Jittor's init draws from its global generator: the same run whatever ran before
     vae_w, unet_w = perturbed(AutoencoderKL(vae), 0), perturbed(UNet(unet), 1)
     train = {"size": list(size), "batch_size": 2, **train}
     checkpoint.save(Path(run) / "vae/ckpt.npz", {"kind": "vae", "step": 1, "config": vae.to_dict(), "latent_scale": 0.5,

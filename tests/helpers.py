@@ -54,6 +54,21 @@ def ldm_batch(seed=0):
     return {"image": rng.uniform(-1, 1, (2, 3, 32, 48)).astype(np.float32), "label": label.astype(np.int32)}
 
 
+def interrupted(make_state, data, path):
+    """Stage-2 steps on `data` (one batch a step) by a state from make_state(), straight through, and again with
+    a checkpoint at `path` after half of them and a fresh state resumed from it: -> (the straight run's losses,
+    the resumed run's losses on the second half), equal when resume is exact."""
+    straight = make_state()
+    expected = [train_ldm.train_step(straight, [b]) for b in data]
+    first = make_state()
+    for b in data[:len(data) // 2]:
+        train_ldm.train_step(first, [b])
+    first.save(path)
+    resumed = make_state()
+    train_ldm.resume(resumed, path)
+    return expected, [train_ldm.train_step(resumed, [b]) for b in data[len(data) // 2:]]
+
+
 def perturbed(module, seed, sigma=0.05):
     """The module's weights plus N(0, sigma^2) noise, as {key: float32 array}: a fresh UNet's zero-initialised
     output convs make it output exactly zero, and a test of such a network would prove little."""
@@ -66,12 +81,12 @@ class CountingUNet:
     """Wraps a UNet and counts the rows (images) of every call it receives."""
 
     def __init__(self, unet):
-        self.unet, self.rows, self.calls = unet, 0, 0
+        self.unet, self.config, self.rows, self.calls = unet, unet.config, 0, 0
 
-    def __call__(self, x_t, t, mask, style):
+    def __call__(self, x_t, t, mask, style, w=None):
         self.rows += x_t.shape[0]
         self.calls += 1
-        return self.unet(x_t, t, mask, style)
+        return self.unet(x_t, t, mask, style, w)
 
 
 def write_safetensors(path, tensors):
@@ -84,6 +99,8 @@ def tiny_judge(path, held_out=(), data="x"):
     from jmodels import checkpoint
     from jmodels.segmenter import Segmenter, SegmenterConfig
     config = SegmenterConfig(ch=4, ch_mult=(1, 2), norm_groups=2)
+    jt.sync_all()
+    jt.set_global_seed(0)  # Jittor's init draws from its global generator: the same judge whatever ran before
     meta = {"kind": "judge", "step": 1, "config": config.to_dict(), "size": [64, 48], "data": str(data),
             "held_out": list(held_out), "held_out_accuracy": 0.5, "held_out_accuracy_recoloured": 0.4}
     return checkpoint.save(path, meta, model=perturbed(Segmenter(config), 7, sigma=0.3))

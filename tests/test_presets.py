@@ -24,6 +24,14 @@ def test_each_preset_parses_with_its_script_and_names_its_architecture(scale, st
                for k, v in PRESETS[scale][stage].items())
 
 
+@pytest.mark.parametrize("scale", sorted(PRESETS))
+def test_the_distillation_stages_parse_after_the_ldm_flags(scale):
+    for stage in ("distill", "steps"):
+        parsed = cli.parse(train_ldm.DEFAULTS, (flags(scale, "ldm") + " " + flags(scale, stage)).split())
+        assert parsed["max_steps"] == PRESETS[scale][stage]["max_steps"] < PRESETS[scale]["ldm"].get("max_steps", 1500)
+        assert parsed["cache_latents"] == (scale != "demo")  # the ldm stage's data flags still hold
+
+
 def test_the_full_unet_is_the_readmes_and_demo_is_the_scripts_defaults():
     assert architecture("full", "ldm") == dict(ch=128, ch_mult=(1, 2, 3, 4), num_res_blocks=2, attn_levels=(2, 3),
                                                head_dim=64, spade_hidden=128, norm_groups=32)

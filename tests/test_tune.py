@@ -143,7 +143,7 @@ def test_tune_writes_flags_that_test_py_reads(setup, tmp_path, capsys, monkeypat
     out = capsys.readouterr().out
     assert f"steps=3 ({run / 'test_flags.json'})" in out and "guidance=2.5 (command line)" in out
     assert "written 5" in out and "6 UNet calls per image" in out
-    with pytest.raises(SystemExit, match="axes are guidance"):
+    with pytest.raises(SystemExit, match="axes are distilled,guidance"):
         tune.main(args[:-4] + ["--axes", "colour"])
 
 

@@ -10,7 +10,7 @@ from jmodels.color import lab_to_rgb, rgb_to_lab  # noqa: E402
 from jmodels.conditioning import STYLE_DIM, one_hot, reference_crop, style_features  # noqa: E402
 from jmodels.unet import UNet, UNetConfig  # noqa: E402
 import train_ldm  # noqa: E402
-from helpers import LDM_TINY as CFG, CountingUNet, ldm_batch as batch, ldm_state, perturbed  # noqa: E402
+from helpers import LDM_TINY as CFG, CountingUNet, interrupted, ldm_batch as batch, ldm_state, perturbed  # noqa: E402
 
 TINY = UNetConfig(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_levels=(1,), head_dim=16, spade_hidden=16,
                   norm_groups=8, style_dim=STYLE_DIM)
@@ -90,7 +90,7 @@ def test_unet_rejects_bad_shapes(bad, message):
 def fixed_loss(run, b, t=(150, 600)):
     """The weighted loss at fixed timesteps and noise (the training loss draws both at random)."""
     jt.set_global_seed(123)
-    z, mask, style, _ = train_ldm.make_inputs(run, b, np.random.default_rng(7))
+    z, mask, style, _, _ = train_ldm.make_inputs(run, b, np.random.default_rng(7))
     t = np.array(t)
     eps = jt.array(np.random.default_rng(8).standard_normal(z.shape).astype(np.float32))
     cond = {"mask": jt.array(mask), "style": jt.array(style)}
@@ -110,16 +110,8 @@ def test_tiny_unet_overfits_one_batch():
 
 
 def test_ldm_resume_matches_the_uninterrupted_run(tmp_path):
-    data = [batch(i) for i in range(4)]
-    straight = ldm_state()
-    expected = [train_ldm.train_step(straight, [b]) for b in data]
-    first = ldm_state()
-    for b in data[:2]:
-        train_ldm.train_step(first, [b])
-    first.save(tmp_path / "ckpt.npz")
-    resumed = ldm_state()
-    train_ldm.resume(resumed, tmp_path / "ckpt.npz")
-    assert [train_ldm.train_step(resumed, [b]) for b in data[2:]] == expected[2:]
+    expected, resumed = interrupted(ldm_state, [batch(i) for i in range(4)], tmp_path / "ckpt.npz")
+    assert resumed == expected[2:]
     other = ldm_state(dict(CFG, ch=8))
     with pytest.raises(checkpoint.CheckpointError, match="written for ldm config"):
         train_ldm.resume(other, tmp_path / "ckpt.npz")
@@ -186,7 +178,7 @@ def test_training_and_generation_build_the_same_conditions(monkeypatch):
     run.vae.quant_conv.bias.update(jt.zeros(8))  # log-variance near 0: a posterior sample is far from the mean
     b = batch()
     monkeypatch.setattr(train_ldm, "reference_crop", lambda rng, hw, min_side=0.5: (0, 0, hw[0], hw[1]))
-    _, mask, style, _ = train_ldm.make_inputs(run, b, np.random.default_rng(0))
+    _, mask, style, _, _ = train_ldm.make_inputs(run, b, np.random.default_rng(0))
     z_ref = generate.encode_mean(run.vae, b["image"], run.scale)
     cond = conditioning.conditions(b["label"], to_uint8(b["image"]), z_ref)
     np.testing.assert_array_equal(mask, cond["mask"])
@@ -195,7 +187,7 @@ def test_training_and_generation_build_the_same_conditions(monkeypatch):
     assert dropped["style"][1].max() == 0.0 and dropped["style"][1].min() == 0.0
     np.testing.assert_array_equal(dropped["style"][0], cond["style"][0])
     run.cfg = dict(run.cfg, p_drop_mask=1.0)
-    _, mask, _, _ = train_ldm.make_inputs(run, b, np.random.default_rng(0))
+    _, mask, _, _, _ = train_ldm.make_inputs(run, b, np.random.default_rng(0))
     assert mask.max() == 0.0
     with pytest.raises(ValueError, match="unknown condition 'colour'"):
         conditioning.conditions(b["label"], to_uint8(b["image"]), z_ref, {"colour": [True, True]})
@@ -222,5 +214,5 @@ def test_latent_cache_holds_both_flips_and_is_reused(tmp_path):
     run.latent_cache = cache
     b = dataset.collate([dataset.PairDataset(demo / "train", (48, 32), max_zoom=1.0).load(i, np.random.default_rng(i))
                          for i in range(2)])
-    z, mask, style, t = train_ldm.make_inputs(run, b, np.random.default_rng(0))
+    z, mask, style, t, _ = train_ldm.make_inputs(run, b, np.random.default_rng(0))
     assert z.shape == (2, 4, 4, 6) and mask.shape == (2, 29, 32, 48) and style.shape == (2, STYLE_DIM)

@@ -75,9 +75,10 @@ DEFAULTS = dict(
 # ------------------------------------------------------------------------------------------------------
 SEARCHED = tuple(k for k in TUNED if k != "candidates")  # best-of-N is measured apart (issue 19 item 2)
 AXES = {  # values tried per axis, in this order; guidance 3.5 is the winning entry's scale
+    "distilled": (True, False),  # the guidance-distilled student (one call per step) or its teacher; runs with one
     "guidance": (2.0, 3.5, 1.5, 5.0),
     "guidance_band": ((), (0.3, 3.0), (0.5, 6.0)),  # sigma_t intervals (Kynkäänniemi et al. 2024); SD's runs to 14.6
-    "steps": (20, 10, 30),
+    "steps": (20, 10, 30, 8, 4),
     "strength": (0.8, 0.6, 1.0),
     "color_transfer": (0.5, 0.0, 0.25, 0.75, 1.0),
     "color_per_class": (True, False),
@@ -242,6 +243,8 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     init_jittor(seed=cfg["seed"])
     pipe, judge = pipeline.load(run_dir), load_judge(cfg["judge"])
+    if pipe.student is None:  # nothing to choose between
+        axes.pop("distilled", None)
     judges = [judge] + ([load_judge(cfg["judge2"])] if cfg["judge2"] else [])
     judge_fd, fd_note = judge_fd_to(judge, cfg["img_path"], set(items), cfg["real_max"])
     print(f"{pipe.describe()}\ntuning on {len(halves[0])} pairs, reporting on {len(halves[1])}; budget {cfg['budget']}")
