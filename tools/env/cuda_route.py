@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-CPU, USER, SYSTEM, SYSTEM_NO_CUDNN, JITTOR_CUDA, CUDA13 = (
-    "cpu", "nvcc_path", "system", "system-no-cudnn", "jittor-cuda", "cuda13-patched")
-CONV_WARNING = ("without cuDNN 8 convolutions run as Jittor's own kernels: correct, several times slower, "
+CPU, USER, SYSTEM, SYSTEM_NO_CUDNN, JITTOR_CUDA, CUDA13, CUDNN9, CUDNN9_HOME = (
+    "cpu", "nvcc_path", "system", "system-no-cudnn", "jittor-cuda", "cuda13-patched", "system-cudnn9", "cudnn9-home")
+CONV_WARNING = ("without cuDNN convolutions run as Jittor's own kernels: correct, several times slower, "
                 "no tensor cores")
 
 
@@ -37,6 +37,8 @@ class Facts:
     gpus: int = 1               # GPUS=N: processes that all-reduce on the GPUs
     nccl: tuple = None          # (include dir, lib dir) of an installed NCCL with an unversioned libnccl.so
     home: str = "~"             # where Jittor keeps ~/.cache/jittor
+    cudnn_home: str = None      # a cuDNN 9 outside the toolkit (CUDNN_PATH, or pip's nvidia-cudnn-cu12/13 wheel in
+                                # any Python environment here): a folder with include/ and lib/
 
 
 def jittor_toolkit(driver):
@@ -65,21 +67,37 @@ def decide(f):
     return name, env, why + nccl_why
 
 
+def uses_cudnn9(name, env):
+    """Whether a route compiles Jittor's cuDNN extern against cuDNN 9 (set-up applies CUDNN9_PATCHES)."""
+    return name in (CUDNN9, CUDNN9_HOME) or (name == USER and env.get("conv_opt") != "1" and "cudnn9" in env)
+
+
 def _gpu_route(f):
     bundle = jittor_toolkit(f.driver)
     home = f.home.rstrip("/")
     bundle_nvcc = f"{home}/.cache/jittor/jtcuda/{bundle}/bin/nvcc" if bundle else None
+    too_new = f.nvcc and f.nvcc[:2] > tuple(f.driver)[:2]
     if f.nvcc_path:
         env = {"nvcc_path": f.nvcc_path}
+        if f.nvcc and f.nvcc >= (12,) and f.cudnn == 9:
+            return USER, {**env, "cudnn9": "1"}, (
+                f"nvcc_path names CUDA {_v(f.nvcc)} with cuDNN 9: Jittor patched for it")
         if f.nvcc and f.nvcc >= (13,):
             return USER, {**env, "conv_opt": "1"}, (
                 f"nvcc_path names CUDA {_v(f.nvcc)}: Jittor patched for CUDA 13; {CONV_WARNING}")
         return USER, env, "nvcc_path set by you"
     if f.jtcuda_nvcc and bundle:
         return JITTOR_CUDA, {"nvcc_path": f.jtcuda_nvcc}, "Jittor's own CUDA + cuDNN 8 is already downloaded"
-    too_new = f.nvcc and f.nvcc[:2] > tuple(f.driver)[:2]
     if f.nvcc and not too_new and (11,) <= f.nvcc < (13,) and f.cudnn == 8:
         return SYSTEM, {"nvcc_path": f.system_nvcc}, f"system CUDA {_v(f.nvcc)} with cuDNN 8"
+    if f.nvcc and not too_new and f.nvcc >= (12,) and (f.cudnn == 9 or f.cudnn_home):
+        also = " and CUDA 13" if f.nvcc >= (13,) else ""
+        if f.cudnn == 9:
+            return CUDNN9, {"nvcc_path": f.system_nvcc}, (
+                f"system CUDA {_v(f.nvcc)} with cuDNN 9: Jittor's cuDNN extern patched for cuDNN 9{also}")
+        return CUDNN9_HOME, {"nvcc_path": f"{home}/.cache/jmodels/cuda-cudnn9/bin/nvcc"}, (
+            f"system CUDA {_v(f.nvcc)} with the cuDNN 9 in {f.cudnn_home}: one CUDA home of both, Jittor's cuDNN "
+            f"extern patched for cuDNN 9{also}")
     if f.online and bundle:
         if not f.nvcc:
             why = "no CUDA toolkit here"
@@ -184,6 +202,23 @@ def cudnn_major(nvcc):
     return None
 
 
+def cudnn9_folder(env=os.environ, roots=None):
+    """A cuDNN 9 outside the toolkit, as a folder with include/cudnn_version.h and lib/libcudnn.so.9: CUDNN_PATH
+    when set, else pip's nvidia-cudnn-cu12/13 wheel (`nvidia/cudnn`) in a Python environment of this machine (this
+    one's, the system's, the user's, conda's: PyTorch's usually holds one)."""
+    if env.get("CUDNN_PATH"):
+        cands = [Path(env["CUDNN_PATH"])]
+    else:
+        roots = roots if roots is not None else [
+            sys.prefix, "/usr", "/usr/local", "/opt/conda", os.path.expanduser("~/.local"), env.get("CONDA_PREFIX", "")]
+        cands = [p for r in roots if r for p in sorted(Path(r).glob("lib/python3*/*-packages/nvidia/cudnn"))]
+    for c in cands:
+        if re.search(r"#define CUDNN_MAJOR\s+9\b", _read(c / "include/cudnn_version.h")) and \
+                (c / "lib/libcudnn.so.9").exists():
+            return str(c)
+    return None
+
+
 def _read(path):
     try:
         return Path(path).read_text(errors="replace")
@@ -229,7 +264,7 @@ def gather(site, gpus=1):
     bundle = jittor_toolkit(driver)
     jt_nvcc = os.path.expanduser(f"~/.cache/jittor/jtcuda/{bundle}/bin/nvcc") if bundle else None
     return Facts(**base, driver=driver, cudnn=cudnn_major(system), online=online(site), nccl=find_nccl(),
-                 jtcuda_nvcc=jt_nvcc if jt_nvcc and os.path.isfile(jt_nvcc) else None)
+                 jtcuda_nvcc=jt_nvcc if jt_nvcc and os.path.isfile(jt_nvcc) else None, cudnn_home=cudnn9_folder())
 
 
 # ---- Jittor patched for GPUs (fp32 accumulation everywhere; CUDA 13) -----------------------------------
@@ -290,10 +325,45 @@ CUDA13_PATCHES = [
 ]
 
 
-def patch_jittor(jittor_dir, cuda13):
+_CUDNN_MAJOR = (f"_JM_CUDNN_MAJOR = [0]  # {MARK}: cuDNN's major version, read where cudnn.h is found\n\n"
+                "def _jm_cudnn_major(cudnn_h):\n"
+                "    import re\n"
+                "    for name in ('cudnn_version.h', 'cudnn.h'):\n"
+                "        path = os.path.join(os.path.dirname(cudnn_h or ''), name)\n"
+                "        m = re.search(r'#define CUDNN_MAJOR\\s+(\\d+)', open(path).read()) if os.path.isfile(path) else None\n"
+                "        if m:\n"
+                "            return int(m.group(1))\n"
+                "    return 0\n\n")
+_CUDNN9_LIBS = ('                libs = ["libcudnn_ops_infer.so", "libcudnn_ops_train.so", "libcudnn_cnn_infer.so", '
+                '"libcudnn_cnn_train.so"]\n')
+# cuDNN 9 (CUDA 12.4+ and 13): one libcudnn.so.9 that loads libcudnn_{graph,engines_*,heuristic,ops,cnn,adv}.so.9
+# (loaded here as Jittor loads cuDNN 8's split libraries); the legacy convolution API Jittor's conv ops call is
+# still there (deprecated); the old RNN API its cudnn_rnn ops call is gone: those sources are left out, and
+# nn.RNN/LSTM/GRU take Jittor's own path on the GPU.
+CUDNN9_PATCHES = [
+    ("compile_extern.py", "def setup_cuda_lib(lib_name, link=True, extra_flags=\"\"):\n",
+     _CUDNN_MAJOR + "def setup_cuda_lib(lib_name, link=True, extra_flags=\"\"):\n", 1),
+    ("compile_extern.py", _CUDNN9_LIBS,
+     _CUDNN9_LIBS + f"                _JM_CUDNN_MAJOR[0] = _jm_cudnn_major(cuda_include_name)  # {MARK}: cuDNN 9\n"
+     "                if _JM_CUDNN_MAJOR[0] >= 9:\n"
+     '                    libs = ["libcudnn_graph.so", "libcudnn_engines_precompiled.so", '
+     '"libcudnn_engines_runtime_compiled.so", "libcudnn_heuristic.so", "libcudnn_ops.so", "libcudnn_cnn.so"]\n', 1),
+    ("compile_extern.py", "        for fname in f:\n            culib_src_files.append(os.path.join(r, fname))\n",
+     "        for fname in f:\n"
+     f"            if lib_name == 'cudnn' and 'rnn' in fname and _JM_CUDNN_MAJOR[0] >= 9:  # {MARK}: no RNN API in 9\n"
+     "                continue\n"
+     "            culib_src_files.append(os.path.join(r, fname))\n", 1),
+    ("nn.py", "if jt.flags.use_cuda and jt.cudnn and self.proj_size == 0 and jt.compiler.is_cuda:",
+     "if jt.flags.use_cuda and jt.cudnn and self.proj_size == 0 and jt.compiler.is_cuda "
+     f"and hasattr(jt.cudnn.ops, 'cudnn_rnn'):  # {MARK}: cuDNN 9 has no RNN op here", 1),
+]
+
+
+def patch_jittor(jittor_dir, cuda13, cudnn9=False):
     """Apply the patches to an installed Jittor (idempotent). Returns the files changed now."""
     changed = {}
-    for rel, old, new, count in GPU_PATCHES + (CUDA13_PATCHES if cuda13 else []):
+    patches = GPU_PATCHES + (CUDA13_PATCHES if cuda13 else []) + (CUDNN9_PATCHES if cudnn9 else [])
+    for rel, old, new, count in patches:
         path = Path(jittor_dir) / rel
         text = changed.get(path) or path.read_text()
         if new in text:
@@ -360,8 +430,12 @@ def setup(args):
     if name == JITTOR_CUDA and not os.path.isfile(env["nvcc_path"]):
         print("[setup] downloading Jittor's CUDA toolkit into ~/.cache/jittor/jtcuda (once; a few GB)", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "jittor_utils.install_cuda"], check=True)
+    if name == CUDNN9_HOME:  # the toolkit and the cuDNN 9 folder as one CUDA home, where Jittor looks
+        home = assemble_home(Path(env["nvcc_path"]).parent.parent, facts.system_nvcc,
+                             [f"{facts.cudnn_home}/include"], [f"{facts.cudnn_home}/lib"])
+        print(f"[setup] CUDA home {home}: {facts.system_nvcc} + {facts.cudnn_home}", file=sys.stderr)
     cuda13 = (nvcc_version(env["nvcc_path"]) or (0,)) >= (13,)
-    for path in patch_jittor(Path(site) / "jittor", cuda13):
+    for path in patch_jittor(Path(site) / "jittor", cuda13, uses_cudnn9(name, env)):
         print(f"[setup] patched {path}", file=sys.stderr)
     out.write_text(json.dumps(record, indent=1))
     return 0
@@ -380,6 +454,7 @@ def main(argv=None):
     pa = sub.add_parser("patch", help="patch the Jittor in SITE (fp32 accumulation; --cuda13 for CUDA 13)")
     pa.add_argument("site")
     pa.add_argument("--cuda13", action="store_true")
+    pa.add_argument("--cudnn9", action="store_true", help="also build Jittor's cuDNN extern against cuDNN 9")
     h = sub.add_parser("home", help="assemble a CUDA home DEST from a toolkit and library folders (--add DIR: "
                                      "DIR/include and DIR/lib)")
     h.add_argument("dest")
@@ -399,7 +474,7 @@ def main(argv=None):
         for k, v in {"JMODELS_CUDA_ROUTE": name, **env}.items():
             print(f"export {k}={json.dumps(v)}")
         return 0
-    for path in patch_jittor(Path(args.site) / "jittor", args.cuda13):
+    for path in patch_jittor(Path(args.site) / "jittor", args.cuda13, args.cudnn9):
         print(f"patched {path}")
     return 0
 
