@@ -76,13 +76,14 @@ class Pipeline:
     def denoiser(self, settings, strength=None):
         """(UNet, sampler) of a pass from `strength` (default settings.strength) with `settings`: with
         settings.distilled and guidance the students learned (dropping mask and style, or none), the step
-        student of settings.steps from that strength (DDIM, its grid) or else the guidance-distilled student;
-        otherwise, or where the run has none, the teacher (two calls per guided step)."""
+        student of settings.steps from that strength when the sampler is DDIM (a step student is a DDIM model of
+        its own grid), else the guidance-distilled student; otherwise, or where the run has none, the teacher
+        (two calls per guided step)."""
         learned = set(settings.drop) == set(distill.DROP) or not is_guided(settings.guidance, settings.drop)
         if self.student is None or not settings.distilled or not learned:
             return self.unet, settings.sampler
         strength = settings.strength if strength is None else strength
-        step = [s for s in self.step_students if s.fits(settings.steps, strength)]
+        step = [s for s in self.step_students if settings.sampler == "ddim" and s.fits(settings.steps, strength)]
         return (step[0].unet, "ddim") if step else (self.student, settings.sampler)
 
 

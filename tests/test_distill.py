@@ -293,11 +293,12 @@ def test_the_pipeline_takes_a_step_student_for_its_steps_and_strength_and_checks
     pipe = pipeline.load(run)
     assert [(s.steps, s.strengths) for s in pipe.step_students] == [(4, (0.8,))]
     assert "step student" in pipe.describe() and "4 DDIM steps from strength 0.8" in pipe.describe()
-    four = GenerationSettings(steps=4)
+    four = GenerationSettings(steps=4, sampler="ddim")
     assert pipe.denoiser(four) == (pipe.step_students[0].unet, "ddim")
-    assert pipe.denoiser(four, strength=0.3) == (pipe.student, "dpmpp_2m")  # a refinement pass: not its grid
-    assert pipe.denoiser(GenerationSettings(steps=5)) == (pipe.student, "dpmpp_2m")
-    assert pipe.denoiser(GenerationSettings(steps=4, distilled=False)) == (pipe.unet, "dpmpp_2m")
+    assert pipe.denoiser(four, strength=0.3) == (pipe.student, "ddim")  # a refinement pass: not its grid
+    assert pipe.denoiser(GenerationSettings(steps=5, sampler="ddim")) == (pipe.student, "ddim")
+    assert pipe.denoiser(GenerationSettings(steps=4)) == (pipe.student, "dpmpp_2m")  # DPM-Solver++: not its model
+    assert pipe.denoiser(GenerationSettings(steps=4, sampler="ddim", distilled=False)) == (pipe.unet, "ddim")
     assert pipeline.expected_calls(pipe, four) == 4
     counting = CountingUNet(pipe.step_students[0].unet)
     stepped = pipeline.Pipeline(**dict(pipe.__dict__, step_students=(pipeline.StepStudent(4, (0.8,), counting,

@@ -53,7 +53,7 @@ def main():
             StepStudent(n, (0.8,), UNet(student), Path("random")) for n in (8, 4)))
     pipe = Pipeline(AutoencoderKL(VAEConfig(**architecture("full", "vae"))), 0.2, UNet(unet), GaussianDiffusion(),
                     size, Path("random"), Path("random"), 0, "ema", **students)
-    cfg = GenerationSettings()
+    cfg = GenerationSettings(distilled=False)  # the teacher (two calls per guided step); --distilled adds students
     rng = np.random.default_rng(0)
     n = max(int(b) for b in args.batches.split(","))
     scenes = [make_label(rng, 512, 384) for _ in range(n)]
@@ -70,8 +70,10 @@ def main():
         _, calls = generate(pipe, cfg, stems[:b], labels[:b], refs[:b], labels[:b])
         per = (time.perf_counter() - t0) / b
         print(f"{b:5d} {per:8.2f} {calls:12d} {per * 1000 / 3600:10.2f} h", flush=True)
-    variants = [("guidance student, 20 steps", cfg), ("step student, 8 steps", GenerationSettings(steps=8)),
-                ("step student, 4 steps", GenerationSettings(steps=4))] if args.distilled else []
+    variants = [("guidance student, 20 steps", GenerationSettings()),
+                ("guidance student, 8 steps", GenerationSettings(steps=8)),
+                ("step student, 8 steps", GenerationSettings(steps=8, sampler="ddim")),
+                ("step student, 4 steps", GenerationSettings(steps=4, sampler="ddim"))] if args.distilled else []
     for name, settings in variants:
         generate(pipe, settings, stems[:1], labels[:1], refs[:1], labels[:1])  # compile the student's kernels
         t0 = time.perf_counter()

@@ -4,7 +4,8 @@ teacher's default (40 calls) and by fewer-call settings, each compared with the 
     python tools/experiments/student_fidelity.py --run runs/demo --input_path data/demo/test --img_path data/demo/train
 
 Rows: the teacher at 20 and 10 steps (40 and 20 calls), the guidance-distilled student at 20, 8 and 4 steps
-(DPM-Solver++), and the run's step students (DDIM on their own grids), when the run has them. For each: UNet
+(DPM-Solver++: fewer steps without step distillation), and the run's step students (`--sampler ddim` at their
+steps), when the run has them. For each: UNet
 calls and seconds per image, PSNR against the teacher's 40-call image (mean ± standard error over images), and
 the style term. Fidelity to the teacher, not the contest's score: a run with held-out pairs and judges scores
 the same settings with tools/experiments/tune.py (its `distilled` and `steps` axes).
@@ -42,9 +43,9 @@ def rows_of(pipe):
     rows = [("teacher, 20 steps", GenerationSettings(distilled=False)),
             ("teacher, 10 steps", GenerationSettings(steps=10, distilled=False))]
     if pipe.student is not None:
-        rows += [(f"guidance student, {n} steps", GenerationSettings(steps=n)) for n in (20, 8, 4)
-                 if not any(s.steps == n for s in pipe.step_students)]
-        rows += [(f"step student, {s.steps} steps", GenerationSettings(steps=s.steps)) for s in pipe.step_students]
+        rows += [(f"guidance student, {n} steps", GenerationSettings(steps=n)) for n in (20, 8, 4)]
+        rows += [(f"step student, {s.steps} steps", GenerationSettings(steps=s.steps, sampler="ddim"))
+                 for s in pipe.step_students]
     return rows
 
 
