@@ -8,7 +8,9 @@ the pinned CUDA 12 headers (tools/env/requirements-cuda12.txt), JIT-compiles eve
 below for sm_90, and runs their host code (shape and dtype checks, op dispatch). Numbers are not
 computed: what passes is the build, not the arithmetic (docs/GPU.md says what that does not cover).
 Over 400 lines because the stub runtime, the fake machine and the stages it drives only work together.
-    python tools/env/cuda_compile_check.py [--stages import,ops,train] [--out DIR]
+    python tools/env/cuda_compile_check.py [--stages import,ops,train] [--out DIR] [--cudnn 9]
+`--cudnn 9` builds against cuDNN 9 instead (pip's CUDNN9_PIN: its headers, stubs from its export lists) with
+Jittor's cuDNN extern patched for it (cuda_route.CUDNN9_PATCHES), in a cache folder of its own.
 """
 import argparse
 import hashlib
@@ -37,6 +39,11 @@ LIBS = [("libcudart.so", None, "toolkit", ("cuda", "__cuda")),
         ("libcufft.so", "libcufft.so.11", "nvidia/cufft/lib/libcufft.so.11", ("cufft",)),
         ("libcusparse.so", "libcusparse.so.12", "nvidia/cusparse/lib/libcusparse.so.12", ("cusparse",))] + \
     [(f"libcudnn_{k}.so", f"libcudnn_{k}.so.8", None, ()) for k in ("ops_infer", "ops_train", "cnn_infer", "cnn_train")]
+CUDNN9_PIN = "nvidia-cudnn-cu12==9.1.0.70"  # the cuDNN 9 of `--cudnn 9`, headers and export lists (665 MB, once)
+# cuDNN 9: libcudnn.so.9 (the API) and the libraries Jittor's patched compile_extern loads beside it
+LIBS9 = [("libcudnn.so", "libcudnn.so.9", "nvidia/cudnn/lib/libcudnn.so.9", ("cudnn",))] + \
+    [(f"libcudnn_{k}.so", f"libcudnn_{k}.so.9", None, ())
+     for k in ("graph", "engines_precompiled", "engines_runtime_compiled", "heuristic", "ops", "cnn")]
 
 # Functions that must answer something sensible; every other exported function returns 0 (success),
 # and those named *Create* also write a dummy handle through their first argument.
@@ -188,6 +195,23 @@ def fetch_cu12():
     return dest
 
 
+def fetch_cudnn9():
+    """CUDNN9_PIN's headers and libraries under CACHE/cudnn9 (downloaded once, from PyPI)."""
+    dest, stamp = CACHE / "cudnn9", CACHE / "cudnn9" / ".unpacked"
+    if stamp.is_file() and stamp.read_text() == CUDNN9_PIN:
+        return dest
+    wheels, (name, version) = CACHE / "wheels", CUDNN9_PIN.split("==")
+    if not list(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl")):
+        print(f"[check] downloading {CUDNN9_PIN} into {wheels} (about 665 MB, once)")
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--platform", "manylinux2014_x86_64", "-d", str(wheels), CUDNN9_PIN], check=True)
+    whl = next(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    with zipfile.ZipFile(whl) as z:
+        z.extractall(dest, [n for n in z.namelist() if "/include/" in n or re.search(r"/lib/[^/]+\.so", n)])
+    stamp.write_text(CUDNN9_PIN)
+    return dest
+
+
 def exports(lib, prefixes):
     """{version node: [function names]} of a shared library's exported functions starting with prefixes."""
     out = {}
@@ -231,14 +255,14 @@ def build_stub(out, soname, real, prefixes, includes, define):
         (out.parent / soname).symlink_to(out.name)
 
 
-def fake_home(nvcc, cu12):
+def fake_home(nvcc, cu12, cudnn9=None):
     """A CUDA home Jittor accepts: bin/nvcc (a wrapper, so the home is this folder), the toolkit's and the
-    CUDA 12 libraries' headers in include/, stub libraries in lib64/."""
+    CUDA 12 libraries' headers in include/, stub libraries in lib64/; cudnn9: cuDNN 9's folder instead of 8's."""
     toolkit = cuda_route.cuda_home(nvcc)
     ver = cuda_route.nvcc_version(nvcc)
-    home = CACHE / f"fake-home-cuda{ver[0]}.{ver[1]}"
+    home = CACHE / f"fake-home-cuda{ver[0]}.{ver[1]}{'-cudnn9' if cudnn9 else ''}"
     stamp = home / ".built"
-    key = f"{nvcc} {ver} {hashlib.sha1((SPECIALS + REQS.read_text()).encode()).hexdigest()}"
+    key = f"{nvcc} {ver} {cudnn9} {hashlib.sha1((SPECIALS + REQS.read_text()).encode()).hexdigest()}"
     if stamp.is_file() and stamp.read_text() == key:
         return home
     shutil.rmtree(home, ignore_errors=True)
@@ -248,26 +272,30 @@ def fake_home(nvcc, cu12):
     inc = home / "include"
     inc.mkdir()
     # the toolkit's own runtime, CCCL and crt headers stay its own: only the libraries' headers come from CUDA 12
-    for src in [toolkit / "include"] + [cu12 / f"nvidia/{k}/include" for k in ("cublas", "curand", "cufft", "cusparse", "cudnn")]:
+    cudnn_inc = Path(cudnn9) / "nvidia/cudnn/include" if cudnn9 else cu12 / "nvidia/cudnn/include"
+    libraries = [cu12 / f"nvidia/{k}/include" for k in ("cublas", "curand", "cufft", "cusparse")] + [cudnn_inc]
+    for src in [toolkit / "include"] + libraries:
         for entry in sorted(src.iterdir()):
             if entry.name != "__init__.py" and not (inc / entry.name).exists():
                 (inc / entry.name).symlink_to(entry)
     lib = home / "lib64"
     lib.mkdir()
     real_cudart = sorted(toolkit.glob("lib*/libcudart.so.*"))[0]
-    for name, soname, real, prefixes in LIBS:
-        real_path = real_cudart if real == "toolkit" else (cu12 / real if real else None)
+    libs = [lib for lib in LIBS if not lib[0].startswith("libcudnn")] + LIBS9 if cudnn9 else LIBS
+    for name, soname, real, prefixes in libs:
+        base = Path(cudnn9) if cudnn9 and name.startswith("libcudnn") else cu12
+        real_path = real_cudart if real == "toolkit" else (base / real if real else None)
         define = "STUB_" + name[3:].split(".")[0].split("_")[0].upper()
         build_stub(lib / name, soname or real_cudart.name, real_path, prefixes, [inc, toolkit / "include"], define)
     stamp.write_text(key)
     return home
 
 
-def patched_jittor(cuda13):
+def patched_jittor(cuda13, cudnn9=False):
     """A copy of the venv's Jittor, patched as the GPU routes patch it, so the CPU install stays as it is."""
     import sysconfig
     site = Path(sysconfig.get_paths()["purelib"])
-    dest = CACHE / ("site-cuda13" if cuda13 else "site")
+    dest = CACHE / (("site-cuda13" if cuda13 else "site") + ("-cudnn9" if cudnn9 else ""))
     stamp = dest / ".copied"
     key = f"{site} {(site / 'jittor' / '__init__.py').read_text().split('__version__')[1][:20]}"
     if not (stamp.is_file() and stamp.read_text() == key):  # copied once: new files would rebuild everything
@@ -276,20 +304,22 @@ def patched_jittor(cuda13):
         for pkg in ("jittor", "jittor_utils"):
             shutil.copytree(site / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
         stamp.write_text(key)
-    cuda_route.patch_jittor(dest / "jittor", cuda13)  # idempotent: only patches added since are applied
+    cuda_route.patch_jittor(dest / "jittor", cuda13, cudnn9)  # idempotent: only patches added since are applied
     return dest
 
 
 FAKE_SMI = "#!/bin/sh\ncase \"$1\" in -L) echo 'GPU 0: jmodels fake sm_90 (UUID: GPU-0)';; *) echo 'CUDA Version: 13.0';; esac\n"
 
 
-def environment(home, site, out):
+def environment(home, site, out, cudnn=8):
     """The check's process: its own HOME (a Jittor cache of its own, nothing of the user's touched), the
     fake home's nvcc and stubs, the patched Jittor copy first on the path, downloads off."""
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_CPU", "nvcc_path", "cache_name", "JITTOR_HOME")}
     env.update(HOME=str(CACHE / "home"), nvcc_path=str(home / "bin" / "nvcc"), use_mkl="0", use_cutt="0",
                use_cutlass="0", use_nccl="0", LD_LIBRARY_PATH=str(home / "lib64"), JMODELS_CUDA_CHECK=str(out),
                PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]), PYTHONUNBUFFERED="1", FORCE_CPU="0")
+    if cudnn == 9:  # a Jittor cache of its own: the cuDNN 8 build's objects must not be reused
+        env["HOME"] = str(CACHE / "home-cudnn9")
     smi = home / "fake-bin" / "nvidia-smi"  # jmodels.runtime then takes its GPU path, as on a GPU machine
     smi.parent.mkdir(exist_ok=True)
     smi.write_text(FAKE_SMI)
@@ -303,6 +333,7 @@ def main(argv=None):
     ap.add_argument("--stages", default="import,ops,train", help="comma-separated: import, ops, train")
     ap.add_argument("--out", default=str(CACHE / "check-out"), help="where results.json and the log go")
     ap.add_argument("--nvcc", default=os.environ.get("nvcc_path") or cuda_route.find_nvcc())
+    ap.add_argument("--cudnn", type=int, default=8, choices=(8, 9), help="the cuDNN major to build against")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = Path(args.out)
@@ -315,10 +346,11 @@ def main(argv=None):
     t0 = time.time()
     ver = cuda_route.nvcc_version(args.nvcc)
     print(f"[check] nvcc {args.nvcc}: CUDA {ver[0]}.{ver[1]}; Jittor patched for CUDA 13: {ver >= (13,)}")
-    home = fake_home(args.nvcc, fetch_cu12())
-    site = patched_jittor(ver >= (13,))
+    home = fake_home(args.nvcc, fetch_cu12(), fetch_cudnn9() if args.cudnn == 9 else None)
+    site = patched_jittor(ver >= (13,), args.cudnn == 9)
+    print(f"[check] cuDNN {args.cudnn}")
     print(f"[check] fake CUDA home {home}, patched Jittor {site} ({time.time() - t0:.0f} s)")
-    env = environment(home, site, out)
+    env = environment(home, site, out, args.cudnn)
     (out / "results.json").unlink(missing_ok=True)
     code = subprocess.run([sys.executable, __file__, "--child", "--stages", args.stages, "--out", str(out)],
                           env=env, cwd=str(ROOT)).returncode
