@@ -27,11 +27,16 @@ import numpy as np
 from . import checkpoint
 from .checkpoint import CheckpointError
 from .diffusion import spaced_timesteps
-from .samplers import guided, paired_conditions
+from .samplers import guided, is_guided, paired_conditions
 from .unet import UNet, UNetConfig
 
 DROP = ("mask", "style")  # the conditions the teacher's unconditional branch drops (test.py's default)
 ROUND = 2  # teacher steps per student step: each round of step distillation halves the steps
+
+
+def learned(guidance, drop):
+    """Whether a student can stand for the teacher under this guidance: the drop it learned, or no guidance."""
+    return set(drop) == set(DROP) or not is_guided(guidance, drop)
 
 
 def draw_scales(rng, n, w_range):

@@ -21,7 +21,6 @@ from .conditioning import conditions, withhold
 from .diffusion import DiffusionConfig, GaussianDiffusion
 from .generate import calls_per_image, decode, encode_mean, sample
 from .imageio import to_uint8, to_unit
-from .samplers import is_guided
 from .scoring import candidate_score, judge_scores
 from .settings import fmt
 from .sr import SRConfig, SuperResolution, upscale
@@ -79,8 +78,7 @@ class Pipeline:
         student of settings.steps from that strength when the sampler is DDIM (a step student is a DDIM model of
         its own grid), else the guidance-distilled student; otherwise, or where the run has none, the teacher
         (two calls per guided step)."""
-        learned = set(settings.drop) == set(distill.DROP) or not is_guided(settings.guidance, settings.drop)
-        if self.student is None or not settings.distilled or not learned:
+        if self.student is None or not settings.distilled or not distill.learned(settings.guidance, settings.drop):
             return self.unet, settings.sampler
         strength = settings.strength if strength is None else strength
         step = [s for s in self.step_students if settings.sampler == "ddim" and s.fits(settings.steps, strength)]
