@@ -27,7 +27,7 @@ STUDENT_STEPS=${STUDENT_STEPS:-8 4}  # the steps stage's rounds: each student ha
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/experiments/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr distill steps tune test picks report sr_report
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr distill steps tune test picks report sr_report calls_report
 JUDGE=${JUDGE:-runs/judge}    # the stand-in judge (<folder>/ckpt.npz) that tunes, picks and reports: half a of DATA
 JUDGE2=${JUDGE2:-runs/judge2} # a second judge (seed 1, half b) that scores best of N without having picked
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
@@ -175,4 +175,10 @@ if [ -n "$REPORT" ] && { forced sr_report || older "$RUN/sr_report.md" || [ "$RU
         --judge "$JUDGE/ckpt.npz" --judge2 "$JUDGE2/ckpt.npz"
 fi
 
-banner "done: $RUN, $RESULTS.zip${REPORT:+, $RUN/report.md, $RUN/sr_report.md}"
+if [ -n "$REPORT" ] && { forced calls_report || older "$RUN/calls_report.md" || [ "$RUN/test_flags.json" -nt "$RUN/calls_report.md" ]; }; then
+    banner "calls_report: score against UNet calls per image, teacher and distilled students -> $RUN/calls_report.md"
+    timed calls_report $PY tools/eval/calls_report.py --run "$RUN" --data "$DATA" --test "$TEST" \
+        --judge "$JUDGE/ckpt.npz" --judge2 "$JUDGE2/ckpt.npz"
+fi
+
+banner "done: $RUN, $RESULTS.zip${REPORT:+, $RUN/report.md, $RUN/sr_report.md, $RUN/calls_report.md}"

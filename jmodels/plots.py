@@ -142,30 +142,40 @@ def _no_data(fig, title):
 
 
 def points_figure(points, x_label, y_label, title):
-    """(Figure, labels drawn) for `points`, each (x, y, label, yerr) with yerr None or 0 for no error bar.
+    """(Figure, labels drawn) for `points`, each (x, y, label, yerr) with yerr None or 0 for no error bar, or
+    (x, y, label, yerr, series): each series its own colour and legend entry (a score under two judges).
     The x axis is logarithmic when all x > 0 span a factor of 10 or more (UNet calls per image: 10 to 1280);
-    the highest y is ringed (a score: higher is better). Non-finite points are skipped; none: "no data"."""
+    each series' highest y is ringed (a score: higher is better). Non-finite points are skipped; none: "no data"."""
     from matplotlib.figure import Figure
-    rows = [(float(x), float(y), str(label), float(e or 0.0)) for x, y, label, e in points]
+    rows = [(float(p[0]), float(p[1]), str(p[2]), float(p[3] or 0.0), str(p[4]) if len(p) > 4 else "")
+            for p in points]
     rows = [r for r in rows if all(math.isfinite(v) for v in (r[0], r[1], r[3]))]
     fig = Figure(figsize=(7.6, 5.0), dpi=DPI, layout="constrained")
     if not rows:
         _no_data(fig, title)
         return fig, []
-    xs, ys, labels, errs = (np.array(c) if i != 2 else list(c) for i, c in enumerate(zip(*rows)))
     ax = fig.add_subplot()
     fig.suptitle(title, fontsize=11)
     ax.set_title(f"{len(rows)} points; bars: ± yerr; ringed: highest", loc="right", fontsize=8, color="0.45")
+    xs = np.array([r[0] for r in rows])
     if xs.min() > 0 and xs.max() / xs.min() >= 10:
         ax.set_xscale("log")
-    ax.errorbar(xs, ys, yerr=errs, fmt="o", color="C0", ecolor="#8fbbd9", capsize=3, markersize=5)
-    ax.plot(xs[ys.argmax()], ys.max(), "o", markersize=13, markerfacecolor="none", markeredgecolor="C3",
-            label="highest")  # a score: higher is better
-    for x, y, label in zip(xs, ys, labels):
-        ax.annotate(label, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=7, color="0.35")
+    series = list(dict.fromkeys(r[4] for r in rows))
+    for i, name in enumerate(series):
+        xs, ys, labels, errs = (np.array(c) if k != 2 else list(c)
+                                for k, c in enumerate(zip(*[r[:4] for r in rows if r[4] == name])))
+        colour = f"C{i}"
+        ax.errorbar(xs, ys, yerr=errs, fmt="o", color=colour, ecolor=colour, alpha=0.9, capsize=3, markersize=5,
+                    label=name or None)
+        ax.plot(xs[ys.argmax()], ys.max(), "o", markersize=13, markerfacecolor="none", markeredgecolor="C3",
+                label="highest" if i == 0 else None)  # a score: higher is better
+        for x, y, label in zip(xs, ys, labels):
+            ax.annotate(label, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=7, color="0.35")
+    if series != [""]:
+        ax.legend(fontsize=8)
     ax.set(xlabel=x_label, ylabel=y_label)
     ax.grid(color="0.9", linewidth=0.8)
-    return fig, labels
+    return fig, [r[2] for r in rows]
 
 
 def _write(build, out_png, *args):

@@ -13,6 +13,7 @@ COMMANDS = ["train_vae.py", "train_ldm.py", "train_sr.py", "test.py", "dataset.p
             "tools/data/make_demo_data.py", "tools/data/holdout_test.py", "tools/weights/import_weights.py",
             "tools/weights/average_checkpoints.py", "tools/eval/evaluate.py", "tools/eval/train_segmenter.py",
             "tools/eval/select_picks.py", "tools/eval/report.py", "tools/eval/sr_report.py",
+            "tools/eval/calls_report.py",
             "tools/experiments/tune.py", "tools/experiments/compare_runs.py", "tools/experiments/student_fidelity.py",
             "tools/studio/server.py", "tools/bench/bench.py",
             "tools/bench/bench_test.py", "tools/bench/bench_studio.py", "tools/env/cuda_compile_check.py"]

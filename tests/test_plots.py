@@ -212,6 +212,22 @@ def test_plot_points_error_bars_log_axis_and_the_highest_ringed(tmp_path, mpl):
         assert img.format == "PNG" and img.size == (760, 500) and img.info["panels"] == "a,b,c"
 
 
+def test_plot_points_draws_each_series_in_its_colour_with_its_own_highest_ringed(mpl):
+    """A fifth element names the series (a score under two judges): one error-bar set and legend entry each."""
+    points = [(40, 0.3, "a", 0.01, "judge"), (8, 0.2, "b", 0.02, "judge"), (40, 0.1, "a", 0.0, "judge2"),
+              (8, 0.4, "b", 0.0, "judge2")]
+    fig, labels = points_figure(points, "calls", "total", "t")
+    (ax,) = fig.axes
+    assert labels == ["a", "b", "a", "b"]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["highest", "judge", "judge2"]
+    (d1, _, _), (d2, _, _) = (c.lines for c in ax.containers)
+    np.testing.assert_array_equal(d1.get_ydata(), [0.3, 0.2])
+    np.testing.assert_array_equal(d2.get_ydata(), [0.1, 0.4])
+    assert d1.get_color() != d2.get_color()
+    rings = [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.get_lines() if line.get_markersize() == 13]
+    assert rings == [(40, 0.3), (8, 0.4)]
+
+
 def test_plot_points_without_finite_points_draws_no_data(tmp_path, mpl):
     assert plot_points([(float("nan"), 1.0, "x", None)], tmp_path / "p.png", "x", "y", "t") == []
     with Image.open(tmp_path / "p.png") as img:

@@ -12,20 +12,19 @@ standard error, the judge FD (the judge's features of whole images against train
 FD (jmodels.eval.results.native_fd: the judge's features of 1:1 crops at 512x384 against the same crops of
 training photos). Sanity rows: the held-out photos themselves, downscaled 4x and 2x and bicubic-upscaled,
 and downscaled 4x and super-resolved by the stage. --compare adds a row per other stage-3 checkpoint (the
-same run otherwise): how the training inputs' degradation shows on real stage-2 outputs. Writes <run>/sr_report.md and <run>/sr_crops.png
-(one pair per row: --sr 0 | stage 3 | the real photo, a 128x96 crop at full resolution each).
+same run otherwise): how the training inputs' degradation shows on real stage-2 outputs. Writes <run>/sr_report.md
+and <run>/sr_crops.png (one pair per row: --sr 0 | stage 3 | the real photo, a 128x96 crop at full resolution each).
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from jmodels import contest, pipeline
-from jmodels.atomic import atomic_file
+from jmodels.atomic import write_text
 from jmodels.data import DataError, list_test_items, list_train_pairs, read_image
-from jmodels.eval.heldout import generate_judged, judge_fd_to, stat
+from jmodels.eval.heldout import generate_judged, judge_fd_to, report_arguments, report_half, stat
 from jmodels.eval.results import native_crops, native_fd, native_sanity, real_image_paths
 from jmodels.imageio import save_grid
 from jmodels.runtime import init_jittor
@@ -34,15 +33,6 @@ from jmodels.segmenter import load_judge
 from jmodels.settings import GenerationSettings
 
 CROP_ROWS = 6
-
-
-def report_items(run, items):
-    """The report half when the run's settings were tuned on the other half (test_flags.json), else all."""
-    path = Path(run) / "test_flags.json"
-    if not path.is_file():
-        return items, "all held-out pairs of the test folder"
-    half = set(json.loads(path.read_text())["split"]["report"])
-    return [it for it in items if it.stem in half], f"the report half of {path} (tuned on the other)"
 
 
 def rows(pipe, settings, judges, inputs, batch_size, others=()):
@@ -85,14 +75,7 @@ def crop_sheet(path, results, photos, crop=(128, 96)):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", required=True, help="run folder with vae/, ldm/ and sr/ checkpoints")
-    ap.add_argument("--data", required=True, help="training root the held-out test folder was cut from")
-    ap.add_argument("--test", required=True, help="held-out test folder (tools/data/holdout_test.py)")
-    ap.add_argument("--judge", required=True, help="the judge that scores (tools/eval/train_segmenter.py)")
-    ap.add_argument("--judge2", default="", help="a second judge that scores too")
-    ap.add_argument("--real_max", type=int, default=300, help="training photos for the FDs, at most")
-    ap.add_argument("--batch_size", type=int, default=4)
+    ap = report_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     ap.add_argument("--compare", default="", help="other stage-3 checkpoints, comma-separated (e.g. one trained on "
                                                   "clean downscales: train_sr.py --p_vae 0 --noise 0), one row each")
     args = ap.parse_args(argv)
@@ -102,7 +85,7 @@ def main(argv=None):
         if not (run_dir / "sr" / "ckpt.npz").is_file():
             raise contest.ContestError(f"{run_dir / 'sr' / 'ckpt.npz'} not found: run.sh's sr stage makes it")
         held_out = list_test_items(args.test, args.data)
-        items, which = report_items(run, held_out)
+        items, which = report_half(run, held_out)
         inputs = ([it.stem for it in items], *contest.load_inputs(items, args.data))
         pairs = {p.stem: p for p in list_train_pairs(args.data)}
         photos = np.stack([read_image(pairs[it.stem].image) for it in items])  # the held-out pairs' own photos
@@ -130,8 +113,7 @@ def main(argv=None):
               f"({sanity['2x down, bicubic up']:.4f}).", "", "![crops](sr_crops.png)", "",
               "`sr_crops.png`: one pair per row, --sr 0 | stage 3 | the real photo, 1:1 crops."]
     crop_sheet(run / "sr_crops.png", results, photos)
-    with atomic_file(run / "sr_report.md") as f:
-        f.write(("\n".join(lines) + "\n").encode())
+    write_text(run / "sr_report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"-> {run / 'sr_report.md'}, {run / 'sr_crops.png'}")
     return 0

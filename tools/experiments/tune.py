@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from jmodels import cli, contest, pipeline
 from jmodels.atomic import atomic_file
@@ -42,16 +41,18 @@ from jmodels.eval.heldout import (
     NOISE_SE,
     beats,
     generate_judged,
+    jsonable,
     judge_fd_to,
+    label,
     mean_se,
     report_cells,
     report_heads,
+    report_rows,
     split_halves,
-    stat,
 )
 from jmodels.plots import plot_points
 from jmodels.runtime import init_jittor
-from jmodels.scoring import candidate_score, judge_scores
+from jmodels.scoring import candidate_score
 from jmodels.segmenter import load_judge
 from jmodels.settings import TUNED, GenerationSettings, SettingsError, fmt
 
@@ -86,12 +87,6 @@ AXES = {  # values tried per axis, in this order; guidance 3.5 is the winning en
     "sampler": ("dpmpp_2m", "ddim"),
     "refine": ((), (0.3,), (0.3, 0.2)),  # last: each pass costs a full sampling again
 }
-
-
-def label(settings, start):
-    """The settings that differ from `start`, as `name=value` (`start` itself: "start")."""
-    diff = [f"{k}={fmt(v)}" for k, v in settings.items() if v != start[k]]
-    return " ".join(diff) or "start"
 
 
 def search(evaluate, start, axes, budget, n_images):
@@ -144,42 +139,6 @@ def scorer(pipe, judge, inputs, seed, batch_size):
     return evaluate
 
 
-def report_rows(pipe, judges, inputs, entries, seed, batch_size, judge_fd):
-    """The report half's table: one row per (name, settings, N) of `entries`, N candidates picked by
-    judges[0] (pipeline.best_of; N = 1 is the plain output), every image scored by every judge (mask
-    accuracy, local total) and by style, judge_fd of the images, and each judge's paired difference
-    of totals against the first row. Equal (settings, N) are generated once."""
-    stems, labels, refs, ref_labels = inputs
-    rows, done = [], {}
-    for name, settings, n in entries:
-        key = (json.dumps(jsonable(settings), sort_keys=True), n)
-        if key not in done:
-            gen = GenerationSettings(**settings, candidates=n, seed=seed)
-            acc, style, picks, t0 = [[] for _ in judges], [], [], time.time()
-            for i in range(0, len(stems), batch_size):
-                sl = slice(i, i + batch_size)
-                images, calls, _ = pipeline.best_of(pipe, gen, judges[0], stems[sl], labels[sl], refs[sl], ref_labels[sl])
-                scored = [judge_scores(judge, images, labels[sl], refs[sl]) for judge in judges]
-                for j, per_judge in enumerate(scored):
-                    acc[j] += [a for a, _ in per_judge]
-                style += [s for _, s in scored[0]]  # style does not depend on the judge
-                picks += images
-            totals = [[candidate_score(x, s) for x, s in zip(a, style)] for a in acc]
-            done[key] = dict(unet_calls=calls, seconds_per_image=(time.time() - t0) / len(stems), style=stat(style),
-                             judge_fd=judge_fd(picks), judges=[dict(mask_accuracy=stat(a), total=stat(t))
-                                                               for a, t in zip(acc, totals)], totals=totals)
-        row = done[key]
-        first = done[next(iter(done))]["totals"]
-        rows.append(dict(name=name, label=label(settings, entries[0][1]), candidates=n,
-                         **{k: v for k, v in row.items() if k != "totals"},
-                         vs_first=[stat(np.subtract(t, f)) for t, f in zip(row["totals"], first)]))
-    return rows
-
-
-def jsonable(settings):
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
 def write_results(run_dir, winner, rows, rep, few, split, candidates=0):
     """<run>/test_flags.json (atomic) and <run>/tune.png; candidates > 0 goes into the flags."""
     defaults = GenerationSettings()
@@ -191,7 +150,8 @@ def write_results(run_dir, winner, rows, rep, few, split, candidates=0):
     with atomic_file(run_dir / "test_flags.json") as f:
         f.write(json.dumps(doc, indent=1).encode())
     plot_points([(r["unet_calls"], r["mean"], r["label"], r["stderr"]) for r in rows], run_dir / "tune.png",
-                "UNet calls per image", "local total (half A)", f"tools/experiments/tune.py: {len(rows)} settings on {run_dir.name}")
+                "UNet calls per image", "local total (half A)",
+                f"tools/experiments/tune.py: {len(rows)} settings on {run_dir.name}")
     return flags
 
 
@@ -261,7 +221,8 @@ def main(argv=None):
     flags = write_results(run_dir, winner, rows, rep, few, dict(seed=cfg["seed"], tune=halves[0], report=halves[1]),
                           cfg["set_candidates"])
     print_results(rows, rep, few, flags)
-    print(f"{used} of {cfg['budget']} images x settings used; wrote {run_dir / 'test_flags.json'} and {run_dir / 'tune.png'}")
+    print(f"{used} of {cfg['budget']} images x settings used; "
+          f"wrote {run_dir / 'test_flags.json'} and {run_dir / 'tune.png'}")
     return 0
 
 
