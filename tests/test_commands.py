@@ -16,7 +16,8 @@ COMMANDS = ["train_vae.py", "train_ldm.py", "train_sr.py", "test.py", "dataset.p
             "tools/eval/calls_report.py",
             "tools/experiments/tune.py", "tools/experiments/compare_runs.py", "tools/experiments/student_fidelity.py",
             "tools/studio/server.py", "tools/bench/bench.py",
-            "tools/bench/bench_test.py", "tools/bench/bench_studio.py", "tools/env/cuda_compile_check.py"]
+            "tools/bench/bench_test.py", "tools/bench/bench_studio.py", "tools/bench/cascade_cost.py",
+            "tools/env/cuda_compile_check.py"]
 
 
 def test_every_command_is_listed():
