@@ -22,12 +22,13 @@ DEMO_FLAGS="--train 120 --test 24 --seed 0"
 VAE_FLAGS=${VAE_FLAGS:-}      # extra train_vae.py flags, e.g. "--max_steps 200000 --size 256,192 --ch 128"
 LDM_FLAGS=${LDM_FLAGS:-}      # extra train_ldm.py flags (the sizes' values: jmodels/presets.py)
 SR_FLAGS=${SR_FLAGS:-}        # extra train_sr.py flags
-DISTILL_FLAGS=${DISTILL_FLAGS:-}  # extra flags of the distill and steps stages (train_ldm.py --teacher)
+DISTILL_FLAGS=${DISTILL_FLAGS:-}  # extra flags of the distill, steps and consistency stages (--teacher)
 STUDENT_STEPS=${STUDENT_STEPS:-8 4}  # the steps stage's rounds: each student halves its teacher's steps
 TEST_FLAGS=${TEST_FLAGS:-}    # extra test.py flags, e.g. "--steps 30 --guidance 3"
 TUNE_FLAGS=${TUNE_FLAGS:-}    # extra tools/experiments/tune.py flags, e.g. "--budget 480" (held-out runs only)
 RESULTS=${RESULTS:-$RUN/results}  # the contest's output folder; the zip goes beside it
-FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr distill steps tune test picks report sr_report calls_report
+FORCE=${FORCE:-}              # stages to redo: data check vae ldm sr distill steps consistency tune test picks report
+                              # sr_report calls_report
 JUDGE=${JUDGE:-runs/judge}    # the stand-in judge (<folder>/ckpt.npz) that tunes, picks and reports: half a of DATA
 JUDGE2=${JUDGE2:-runs/judge2} # a second judge (seed 1, half b) that scores best of N without having picked
 GPUS=${GPUS:-}                # training processes, one per GPU (the global batch stays the flags' batch_size)
@@ -39,7 +40,8 @@ PY=.venv/bin/python
 # The recipe at this SCALE: jmodels/presets.py holds each stage's flags (demo: the scripts' own defaults)
 SCALE_VAE=$($PY -m jmodels.presets "$SCALE" vae) && SCALE_LDM=$($PY -m jmodels.presets "$SCALE" ldm) \
     && SCALE_SR=$($PY -m jmodels.presets "$SCALE" sr) && SCALE_DISTILL=$($PY -m jmodels.presets "$SCALE" distill) \
-    && SCALE_STEPS=$($PY -m jmodels.presets "$SCALE" steps) || exit 2
+    && SCALE_STEPS=$($PY -m jmodels.presets "$SCALE" steps) \
+    && SCALE_CONSISTENCY=$($PY -m jmodels.presets "$SCALE" consistency) || exit 2
 [ "$SCALE" != small ] || { DATA=${DATA:-../shared/data/gaugan_proxy}; TEST=${TEST:-holdout}; }
 TRAIN="env NP=$NP bash tools/env/launch.sh $PY"  # the training stages, as NP processes
 mkdir -p "$RUN"
@@ -54,7 +56,7 @@ redo() {  # redo STAGE PATH...: a forced stage starts over: its outputs and its 
 }
 older() {  # older PATH: PATH is missing or older than a checkpoint of this run (new weights: new outputs)
     local stage
-    for stage in vae ldm sr distill $(printf 'distill%s ' $STUDENT_STEPS); do
+    for stage in vae ldm sr distill $(printf 'distill%s ' $STUDENT_STEPS) consistency; do
         [ ! "$RUN/$stage/ckpt.npz" -nt "$1" ] || return 0
     done
     return 1
@@ -133,6 +135,13 @@ for N in $STUDENT_STEPS; do
         --student_steps "$N" --out "$RUN/distill$N" $SCALE_LDM $SCALE_STEPS $DISTILL_FLAGS
     TEACHER="$RUN/distill$N"
 done
+
+banner "consistency: a consistency student of $RUN/distill, any DDIM steps (one UNet call each) -> $RUN/consistency/ckpt.npz"
+if forced consistency || forced distill || forced ldm || forced vae; then  # a new teacher needs a new student
+    redo consistency "$RUN/consistency"
+fi
+timed consistency $TRAIN train_ldm.py --data "$DATA" --vae "$RUN/vae/ckpt.npz" --teacher "$RUN/distill/ckpt.npz" \
+    --consistency 1 --out "$RUN/consistency" $SCALE_LDM $SCALE_CONSISTENCY $DISTILL_FLAGS
 
 if [ -n "$REPORT" ]; then  # tune test.py's settings on one half of the held-out pairs, report on the other
     if forced tune || older "$RUN/test_flags.json"; then

@@ -75,7 +75,9 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     init_jittor(seed=settings.seed)
     try:
-        pipe = pipeline.load(run_dir, cfg["weights"], cfg["ldm"], distilled="" if settings.distilled else None)
+        students = settings.distilled or settings.sampler == "consistency"  # --distilled 0: the teacher
+        pipe = pipeline.load(run_dir, cfg["weights"], cfg["ldm"], distilled="" if students else None)
+        pipe.denoiser(settings)  # the settings' model is there (--sampler consistency), before any image
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     print(pipe.describe())

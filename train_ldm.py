@@ -3,12 +3,15 @@
     python train_ldm.py [--name value ...]     (every default below; `--help` lists them)
     python train_ldm.py --teacher runs/x/ldm/ckpt.npz --out runs/x/distill   (guidance distillation)
     python train_ldm.py --teacher runs/x/distill/ckpt.npz --student_steps 8 --out runs/x/distill8   (steps)
+    python train_ldm.py --teacher runs/x/distill/ckpt.npz --consistency 1 --out runs/x/consistency
 
 With --teacher the same loop distils a trained stage 2 instead (`jmodels/distill.py`): a student with the
 teacher's architecture and weights plus the guidance scale as an input learns the teacher's guided output
 (two calls) in one call, for scales in --w_range, with the teacher's condition drops and loss weights.
 With --student_steps N it distils steps: from a guidance-distilled teacher (or a step student of 2N steps),
 a student whose one DDIM step does what two of the teacher's do, on the N-step grids from --strengths.
+With --consistency 1, from a guidance-distilled teacher, a consistency student (one call per DDIM step at
+any number of steps from --strengths): its x0 must not change along the teacher's DDIM steps.
 
 Reads the stage-1 checkpoint (EMA weights and the measured latent scale). Writes `<out>/ckpt.npz`
 (step, UNet and diffusion configs, weights, EMA, optimizer state), `<out>/samples/*.png` (label |
@@ -70,7 +73,8 @@ DEFAULTS = dict(
                                 # the teacher's): the student learns its guided output in one call
     w_range=(1.0, 5.0),         # with --teacher: the guidance scales the student learns, drawn uniformly
     student_steps=0,            # with --teacher: > 0 distils steps: a student of this many DDIM steps
-    strengths=(0.8,),           # with --student_steps: the image-to-image starts its grids begin at (test.py's)
+    consistency=False,          # with --teacher (guidance-distilled): a consistency student instead of a step one
+    strengths=(0.8,),           # with --student_steps or --consistency: the image-to-image starts it samples from
     seed=0, workers=2,
 )
 # ----------------------------------------------------------------------------------------------------
@@ -96,6 +100,8 @@ def new_state(cfg, unet_config, diffusion_config, vae, scale, teacher=None):
         unet_config = model.config
         if cfg["student_steps"]:
             fixed.update(steps=cfg["student_steps"], strengths=list(cfg["strengths"]))
+        if cfg["consistency"]:
+            fixed.update(consistency=dict(skip=distill.SKIP), strengths=list(cfg["strengths"]))
     parallel.start_equal(model)
     fp16 = cfg["precision"] == "fp16" and jt.flags.use_cuda
     opt = AdamW(model.named_parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
@@ -107,14 +113,19 @@ def new_state(cfg, unet_config, diffusion_config, vae, scale, teacher=None):
                       teacher=None if teacher is None else teacher[0])
 
 
-def load_teacher(path, scale, student_steps=0):
+def load_teacher(path, scale, student_steps=0, consistency=False):
     """The stage 2 to distil: (frozen UNet with EMA weights, what the student records of it, the weights),
     and its UNet and diffusion configs, which the student keeps. Guidance distillation (student_steps 0) takes
     a stage 2 that guides by two calls; step distillation a guidance-distilled one, or a step student of
-    twice student_steps steps."""
+    twice student_steps steps; consistency distillation the guidance-distilled one."""
     meta, groups = checkpoint.load(path)
     config = UNetConfig.from_dict(meta.get("config", {})) if meta.get("kind") == "ldm" else None
-    if student_steps == 0 and (config is None or config.guidance_embed):
+    if consistency and (student_steps or config is None or not config.guidance_embed or "steps" in meta
+                        or "consistency" in meta):
+        raise CheckpointError(f"{path}: --consistency 1 needs the guidance-distilled teacher (run.sh's distill "
+                              f"stage) and no --student_steps (this one: kind {meta.get('kind')!r}, steps "
+                              f"{meta.get('steps')}{', a consistency student' if 'consistency' in meta else ''})")
+    if student_steps == 0 and not consistency and (config is None or config.guidance_embed):
         raise CheckpointError(f"{path}: --teacher must be a stage-2 checkpoint that guides by two calls "
                               f"(kind {meta.get('kind')!r})")
     if student_steps > 0 and (config is None or not config.guidance_embed
@@ -142,7 +153,7 @@ def resume(run, path):
         if meta.get("teacher", {}).get("fingerprint") != run.fixed_meta.get("teacher", {}).get("fingerprint"):
             raise CheckpointError(f"{path}: distilled from {meta.get('teacher', {}).get('path', 'no teacher')}, "
                                   f"this run from {run.cfg['teacher'] or 'no teacher'}; use another --out")
-        for key in ("steps", "strengths"):
+        for key in ("steps", "consistency", "strengths"):
             if meta.get(key) != run.fixed_meta.get(key):
                 raise CheckpointError(f"{path}: a student of {key} {meta.get(key)}, this run's are "
                                       f"{run.fixed_meta.get(key)}; use another --out or the same flags")
@@ -228,6 +239,13 @@ def train_step(run, micro_batches):
         cond = {"mask": jt.array(mask), "style": jt.array(style)}
         if w is None:  # stage 2
             loss = run.diffusion.loss(model_fn, z, t, eps, cond)
+        elif cfg["consistency"]:  # consistency distillation: per-row t and its target's t - skip
+            n, mine = z.shape[0] * jt.world_size, parallel.local(z.shape[0])
+            t_now, t_prev = (v[mine] for v in distill.draw_consistency_t(rng, n, run.diffusion.alphas_cumprod,
+                                                                         cfg["strengths"]))
+            both = dict(cond, w=jt.array(w))
+            loss = distill.consistency_loss(run.diffusion, lambda x, ts: model_fn(x, ts, both),
+                                            lambda x, ts: teacher_fn(x, ts, both), z, eps, t_now, t_prev)
         elif cfg["student_steps"]:  # step distillation: one grid step (t, t_next) per micro-batch
             t_now, t_next = distill.draw_step(rng, run.diffusion.alphas_cumprod, cfg["student_steps"], cfg["strengths"])
             both = dict(cond, w=jt.array(w))
@@ -251,7 +269,8 @@ def sample_grid(run, val, path):
     ref_latents = generate.encode_mean(run.vae, val["image"][refs], run.scale)
     cond = conditions(val["label"][:n], to_uint8(val["image"][refs]), ref_latents)
     noise = np.random.default_rng(run.cfg["seed"]).standard_normal(ref_latents.shape).astype(np.float32)
-    steps = run.cfg["student_steps"]  # a step student samples on the grid it learned, from the reference
+    # a step student samples on the grid it learned, a consistency student on 4 steps, from the reference
+    steps = run.cfg["student_steps"] or (4 if run.cfg["consistency"] else 0)
     z, _ = generate.sample(run.ema.twin, run.diffusion, cond, noise, steps=steps or run.cfg["sample_steps"],
                            guidance=run.cfg["guidance"], sampler="ddim" if steps else "dpmpp_2m",
                            strength=run.cfg["strengths"][0] if steps else 1.0, x_ref=ref_latents)
@@ -270,7 +289,8 @@ def main(argv=None):
     vae, scale = pipeline.load_vae(cfg["vae"])
     teacher = None
     if cfg["teacher"]:  # distillation: the teacher's networks and schedule, whatever the flags say
-        teacher, unet_config, diffusion_config = load_teacher(cfg["teacher"], scale, cfg["student_steps"])
+        teacher, unet_config, diffusion_config = load_teacher(cfg["teacher"], scale, cfg["student_steps"],
+                                                              cfg["consistency"])
     train_stems, val_stems = split_stems(cfg["data"], cfg["holdout"], cfg["seed"])
     train_set = PairDataset(cfg["data"], cfg["size"], augment=True, stems=train_stems,
                                     max_zoom=1.0 if cfg["cache_latents"] else 1.25)
@@ -293,7 +313,8 @@ def main(argv=None):
     n_params = sum(int(np.prod(p.shape)) for p in run.model.parameters())
     if teacher is not None:
         what = (f"{cfg['student_steps']} DDIM steps from {fmt(cfg['strengths'])} for {distill.ROUND} x as many"
-                if cfg["student_steps"] else "one call for two")
+                if cfg["student_steps"] else f"consistency along the teacher's DDIM steps of {distill.SKIP} "
+                f"timesteps, from {fmt(cfg['strengths'])}" if cfg["consistency"] else "one call for two")
         parallel.print0(f"distilling {cfg['teacher']} (step {teacher[1]['step']}): {what}, guidance scales "
                         f"{cfg['w_range'][0]}..{cfg['w_range'][1]}")
     parallel.print0(f"UNet: {n_params / 1e6:.2f} M parameters; latents {cfg['size'][0] // 8}x{cfg['size'][1] // 8}, "
@@ -302,9 +323,11 @@ def main(argv=None):
     save, grid, curves = parallel.on_main(run.save), parallel.on_main(sample_grid), parallel.on_main(draw_curves)
     log = parallel.open_log(out / "log.jsonl")
     batches = loader.forever(start_step=run.step * cfg["accum"])
-    stage = "ldm" if teacher is None else f"distill{cfg['student_steps'] or ''}"
+    stage = ("ldm" if teacher is None else "consistency" if cfg["consistency"]
+             else f"distill{cfg['student_steps'] or ''}")
     title = ("stage 2: the conditional UNet" if teacher is None else f"step distillation: {cfg['student_steps']} steps"
-             if cfg["student_steps"] else "guidance distillation: the one-call student")
+             if cfg["student_steps"] else "consistency distillation: any steps, one call each" if cfg["consistency"]
+             else "guidance distillation: the one-call student")
     bar = tqdm(total=cfg["max_steps"], initial=run.step, desc=stage, dynamic_ncols=True,
                disable=not parallel.is_main())
     t0, recent = time.time(), []

@@ -14,6 +14,16 @@ one DDIM step to t_{i+1} lands where k DDIM steps of the teacher land (`step_tar
 x0 error weighted by max(SNR, 1) (the paper's truncated SNR). A round halves the steps (k = 2): 16 -> 8 -> 4.
 A step student samples with DDIM on that grid, which is part of what it learned.
 
+Consistency distillation (Song et al. 2023, Algorithm 2, in latent space as latent consistency models, Luo et
+al. 2023), the measured alternative to step distillation, from the same guidance-distilled teacher: the
+student's x0 at (x_t, t) must equal its own x0 at the point one DDIM step of the teacher takes x_t to, k = 20
+timesteps earlier (`consistency_loss`; the target through the student's own weights without gradients, as
+improved consistency training does, Song & Dhariwal 2023, instead of a target network; a pseudo-Huber
+distance). Trained on every t from `skip` to the strengths' start, it samples with DDIM on any grid (its x0 at
+each step re-noised along the DDIM direction), so one student serves 8 and 4 steps. The v-parameterisation's
+x0 = sqrt(abar) x_t - sqrt(1 - abar) v is x_t up to 3% at t = 0: the boundary condition that LCM's c_skip and
+c_out enforce holds without them.
+
 A student belongs to one teacher: its checkpoint records the teacher's weight fingerprint, and loading
 refuses it beside any other stage 2 (`check_teacher`). The networks enter as functions; conditions
 travel as an opaque dict, as in `jmodels.samplers`.
@@ -32,6 +42,8 @@ from .unet import UNet, UNetConfig
 
 DROP = ("mask", "style")  # the conditions the teacher's unconditional branch drops (test.py's default)
 ROUND = 2  # teacher steps per student step: each round of step distillation halves the steps
+SKIP = 20  # consistency distillation: timesteps between a point and its target (LCM's DDIM skip of 1000 / 50)
+HUBER = 0.00054  # consistency distance: pseudo-Huber with c = HUBER * sqrt(dimensions) (improved CT's choice)
 
 
 def learned(guidance, drop):
@@ -162,3 +174,33 @@ def step_loss(diffusion, student_fn, teacher_fn, x0, eps, t, t_next, k=ROUND):
         target = step_target(teacher_denoise, x_t, t, t_next, k, diffusion.alphas_cumprod).detach()
     x0_hat = diffusion.to_x0_eps(student_fn(x_t, ts), x_t, ts)[0]
     return truncated_snr_weight(diffusion.alphas_cumprod, t) * (x0_hat - target).sqr().mean()
+
+
+def draw_consistency_t(rng, n, alphas_cumprod, strengths, skip=SKIP):
+    """n timesteps uniform in [skip, t_start] (t_start: the first timestep from the largest strength), and their
+    targets' timesteps t - skip."""
+    t_start = max(student_grid(alphas_cumprod, 1, s)[0] for s in strengths)
+    t = rng.integers(skip, t_start + 1, n)
+    return t, t - skip
+
+
+def pseudo_huber(d, c):
+    """sqrt(d^2 + c^2) - c per row of `d` (B, ...), the squared norm taken over the row: ~|d|^2 / 2c near 0,
+    ~|d| far from it."""
+    sq = d.sqr().reshape(d.shape[0], -1).sum(dim=1)
+    return (sq + c * c).sqrt() - c
+
+
+def consistency_loss(diffusion, student_fn, teacher_fn, x0, eps, t, t_prev):
+    """The consistency student's loss on one micro-batch: x_t = q_sample(x0, t, eps) with per-row t (B,) numpy;
+    one DDIM step of the teacher from t to t_prev gives x^; the mean pseudo-Huber distance between the
+    student's x0 at (x_t, t) and its own x0 at (x^, t_prev), the latter without gradients.
+    student_fn / teacher_fn(x_t, t (B,) numpy) -> network output, conditions and guidance scales bound."""
+    x_t = diffusion.q_sample(x0, t, eps)
+    with jt.no_grad():
+        x0_teacher, eps_teacher = diffusion.to_x0_eps(teacher_fn(x_t, t), x_t, t)
+        x_prev = diffusion.q_sample(x0_teacher, t_prev, eps_teacher)  # the teacher's DDIM step to t_prev
+        target = diffusion.to_x0_eps(student_fn(x_prev, t_prev), x_prev, t_prev)[0].detach()
+    x0_hat = diffusion.to_x0_eps(student_fn(x_t, t), x_t, t)[0]
+    c = HUBER * math.sqrt(int(np.prod(x0.shape[1:])))
+    return pseudo_huber(x0_hat - target, c).mean()

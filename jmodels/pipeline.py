@@ -59,6 +59,8 @@ class Pipeline:
     student: object = None      # the guidance-distilled UNet (jmodels.distill; EMA weights), or None: none
     student_path: Path = None
     step_students: tuple = ()   # StepStudent, most steps first: <run>/distill<N>/ckpt.npz
+    consistency: object = None  # the consistency-distilled UNet (--sampler consistency), or None: none
+    consistency_path: Path = None
 
     def describe(self):
         w, h = self.train_size
@@ -69,6 +71,8 @@ class Pipeline:
                    else f"no distilled student (no {self.student_path}): guidance takes two calls per step")
         for s in self.step_students:
             student += f"; step student {s.path} ({s.steps} DDIM steps from strength {fmt(s.strengths)})"
+        if self.consistency is not None:
+            student += f"; consistency student {self.consistency_path} (--sampler consistency)"
         return (f"stage 1: {self.vae_path} (latent scale {self.latent_scale:.4f}); stage 2: {self.ldm_path}, "
                 f"step {self.ldm_step}, {self.weights} weights, trained at {w}x{h}; {student}; {third}")
 
@@ -77,7 +81,16 @@ class Pipeline:
         settings.distilled and guidance the students learned (dropping mask and style, or none), the step
         student of settings.steps from that strength when the sampler is DDIM (a step student is a DDIM model of
         its own grid), else the guidance-distilled student; otherwise, or where the run has none, the teacher
-        (two calls per guided step)."""
+        (two calls per guided step). --sampler consistency: the consistency student with DDIM on any grid, a
+        CheckpointError where the run has none."""
+        if settings.sampler == "consistency":
+            if self.consistency is None:
+                raise CheckpointError(f"--sampler consistency: the run has no consistency student "
+                                      f"({self.consistency_path}): train_ldm.py --consistency 1")
+            if not distill.learned(settings.guidance, settings.drop):
+                raise CheckpointError(f"--sampler consistency: {self.consistency_path} learned guidance dropping "
+                                      f"{' and '.join(distill.DROP)}, not --drop {fmt(settings.drop)}")
+            return self.consistency, "ddim"
         if self.student is None or not settings.distilled or not distill.learned(settings.guidance, settings.drop):
             return self.unet, settings.sampler
         strength = settings.strength if strength is None else strength
@@ -180,10 +193,15 @@ def load(run_dir, weights="ema", ldm="", sr="", distilled=""):
     unet.eval()
     check_latent_scale(ldm_path, meta, scale, f"the VAE {vae_path}")
     student_path = Path(distilled) if distilled else Path(run_dir) / "distill" / "ckpt.npz"
-    student, step_students = None, ()
+    student, step_students, consistency = None, (), None
+    consistency_path = Path(run_dir) / "consistency" / "ckpt.npz"
     if distilled or (distilled is not None and student_path.is_file()):
         student, _, student_ema = load_student(student_path, ldm_path, groups["ema"], scale, weights)
         step_students = load_step_students(run_dir, student_path, student_ema, scale, weights)
+        if consistency_path.is_file():
+            consistency, meta_c, _ = load_student(consistency_path, student_path, student_ema, scale, weights)
+            if "consistency" not in meta_c:
+                raise CheckpointError(f"{consistency_path}: not a consistency student (train_ldm.py --consistency 1)")
     size = tuple(meta["train"]["size"])
     sr_path = Path(sr) if sr else Path(run_dir) / "sr" / "ckpt.npz"
     stage3 = None
@@ -191,7 +209,8 @@ def load(run_dir, weights="ema", ldm="", sr="", distilled=""):
         stage3 = load_sr(sr_path, scale)
         sr_passes(size, sr_path)
     return Pipeline(vae, scale, unet, GaussianDiffusion(DiffusionConfig(**meta["diffusion"])), size, vae_path,
-                    ldm_path, int(meta["step"]), weights, stage3, sr_path, student, student_path, step_students)
+                    ldm_path, int(meta["step"]), weights, stage3, sr_path, student, student_path, step_students,
+                    consistency, consistency_path)
 
 
 def image_seed(stem, seed):

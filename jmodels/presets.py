@@ -9,13 +9,15 @@ import sys
 
 PRESETS = {
     "demo": {"vae": {}, "ldm": {}, "sr": {}, "distill": dict(max_steps=300, sample_every=100, ckpt_every=100),
-             "steps": dict(max_steps=300, sample_every=100, ckpt_every=100)},
+             "steps": dict(max_steps=300, sample_every=100, ckpt_every=100),
+             "consistency": dict(max_steps=300, sample_every=100, ckpt_every=100)},
     "small": {
         "vae": dict(max_steps=4000, disc_start=2001, sample_every=500, ckpt_every=500),
         "ldm": dict(max_steps=20000, cache_latents=1, sample_every=2500, ckpt_every=1000),
         "sr": dict(batch_size=8, max_steps=2000, disc_start=801, sample_every=250, ckpt_every=250),
         "distill": dict(max_steps=2000, sample_every=500, ckpt_every=250),
         "steps": dict(max_steps=1500, sample_every=500, ckpt_every=250),
+        "consistency": dict(max_steps=1500, sample_every=500, ckpt_every=250),
     },
     "full": {
         "vae": dict(size="512,384", ch=128, ch_mult="1,2,4,4", num_res_blocks=2, norm_groups=32, batch_size=8,
@@ -27,6 +29,7 @@ PRESETS = {
                    disc_start=20001, disc_ndf=64, sample_every=5000, ckpt_every=5000),
         "distill": dict(max_steps=20000, sample_every=2000, ckpt_every=2000),
         "steps": dict(max_steps=10000, sample_every=2000, ckpt_every=2000),
+        "consistency": dict(max_steps=10000, sample_every=2000, ckpt_every=2000),
     },
 }
 # The networks' shapes at the scripts' defaults (demo and small): what `architecture` starts from.
@@ -39,8 +42,9 @@ DEFAULT_ARCHITECTURE = {
 
 
 def flags(scale, stage):
-    """The command-line flags of `stage` (vae | ldm | sr | distill | steps) at `scale`, as one string for run.sh
-    (distill and steps, each round of step distillation: train_ldm.py --teacher, after the ldm stage's flags)."""
+    """The command-line flags of `stage` (vae | ldm | sr | distill | steps | consistency) at `scale`, as one
+    string for run.sh (distill, each round of steps, consistency: train_ldm.py --teacher, after the ldm stage's
+    flags)."""
     if scale not in PRESETS:
         raise ValueError(f"SCALE={scale}: one of {', '.join(PRESETS)}")
     return " ".join(f"--{k} {v}" for k, v in PRESETS[scale][stage].items())
@@ -59,4 +63,4 @@ if __name__ == "__main__":
     try:
         print(flags(*sys.argv[1:3]))
     except (TypeError, ValueError, KeyError) as e:
-        sys.exit(f"error: usage: python -m jmodels.presets demo|small|full vae|ldm|sr|distill|steps ({e})")
+        sys.exit(f"error: usage: python -m jmodels.presets demo|small|full vae|ldm|sr|distill|steps|consistency ({e})")

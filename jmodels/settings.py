@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from .conditioning import CONDITIONS
 from .samplers import SAMPLERS
 
+SAMPLER_NAMES = (*sorted(SAMPLERS), "consistency")  # consistency: the run's consistency student, DDIM steps
+
 # name: (type, low, high), inclusive: the one place numeric settings are bounded (the studio's sliders too)
 RANGES = {
     "steps": (int, 1, 100),
@@ -41,7 +43,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    sampler: str = "dpmpp_2m"        # jmodels.samplers.SAMPLERS
+    sampler: str = "dpmpp_2m"        # jmodels.samplers.SAMPLERS, or consistency: DDIM with the consistency student
     steps: int = 20                  # sampler steps of the first pass (each refinement pass takes as many)
     strength: float = 0.8            # start: the reference's latent noised to this (1: pure noise)
     guidance: float = 2.0            # classifier-free guidance scale (1: the conditional model alone)
@@ -62,8 +64,8 @@ class GenerationSettings:
             value = getattr(self, name)
             if not (_is(value, kind) and low <= value <= high):
                 raise SettingsError(name, value, f"is not {kind.__name__} in {low}..{high}")
-        if self.sampler not in SAMPLERS:
-            raise SettingsError("sampler", self.sampler, f"samplers are {' and '.join(sorted(SAMPLERS))}")
+        if self.sampler not in SAMPLER_NAMES:
+            raise SettingsError("sampler", self.sampler, f"samplers are {', '.join(SAMPLER_NAMES)}")
         for name in ("drop", "without"):
             if not isinstance(getattr(self, name), tuple) or set(getattr(self, name)) - set(CONDITIONS):
                 raise SettingsError(name, getattr(self, name), f"conditions are {' and '.join(CONDITIONS)}")

@@ -24,6 +24,7 @@ from PIL import Image
 
 from . import pipeline
 from .atomic import write_bytes
+from .checkpoint import CheckpointError
 from .classes import CLASS_NAMES, NUM_CLASSES
 from .contest import load_inputs
 from .data import IMAGE_EXTS, MAX_PIXELS, DataError, TestItem, image_header, list_test_items, read_image, read_label
@@ -276,6 +277,10 @@ class Studio:
         if unknown:
             raise StudioError(400, f"unknown field(s) {', '.join(unknown)}; expected label, reference, settings")
         settings = parse_settings(request.get("settings", {}), self.settings)
+        try:
+            self.pipe.denoiser(settings)  # the model the settings ask for is there (--sampler consistency)
+        except CheckpointError as e:
+            raise StudioError(400, str(e)) from None
         ref_name = request.get("reference")
         if not isinstance(ref_name, str):
             raise StudioError(400, "reference must be the name of a training image or of an upload")

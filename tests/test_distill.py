@@ -3,7 +3,8 @@ conditional model at every scale, the guided target and the loss in closed form,
 outside the guidance band, exact resume, strict loading that refuses a student of another teacher, and test.py
 with the student (half the calls, byte-identical across batch sizes, --distilled 0 gives the teacher's bytes).
 Steps: the teacher's sub-steps and the one-step target in closed form (exact on a one-point data set), the
-loss, exact resume, and the pipeline taking a step student only for its steps and strength. The calls report:
+loss, exact resume, and the pipeline taking a step student only for its steps and strength. Consistency: the
+loss in closed form, exact resume, --sampler consistency taking its student at any steps. The calls report:
 each denoiser's calls and paired differences to the teacher's default, and the goal's rule."""
 import hashlib
 from pathlib import Path
@@ -283,6 +284,61 @@ def test_step_distillation_resumes_exactly_and_takes_only_a_guidance_teacher(tmp
     train_ldm.load_teacher(tmp_path / "ckpt.npz", 1.0, 2)  # a round: 4 steps teach 2
 
 
+def test_the_consistency_loss_in_closed_form():
+    """A student whose x0 is c0 + t d (v chosen so) differs from itself skip timesteps earlier by skip d, whatever
+    the teacher: the loss is sqrt(|skip d|^2 + c^2) - c per row; an x0 that ignores t has loss 0."""
+    diffusion = GaussianDiffusion()
+    rng = np.random.default_rng(3)
+    x0, eps = (jt.array(rng.standard_normal((3, 4, 2, 3)).astype(np.float32)) for _ in range(2))
+    c0, d = rng.standard_normal((4, 2, 3)).astype(np.float32), np.float32(1e-3)
+
+    def student(slope):
+        def fn(x, ts):  # v such that a x - s v = c0 + slope t
+            a, s = (np.asarray(c, np.float32).reshape(-1, 1, 1, 1) for c in diffusion.coefs(ts))
+            return (jt.array(a) * x - jt.array(c0 + slope * np.asarray(ts, np.float32).reshape(-1, 1, 1, 1))) \
+                / jt.array(s)
+        return fn
+    teacher = lambda x, ts: x * 0.7  # noqa: E731  (any teacher: where it steps to does not matter here)
+    t, t_prev = distill.draw_consistency_t(np.random.default_rng(0), 3, diffusion.alphas_cumprod, (0.8,))
+    assert np.array_equal(t - t_prev, [distill.SKIP] * 3) and t.min() >= distill.SKIP
+    assert t.max() <= distill.student_grid(diffusion.alphas_cumprod, 1, 0.8)[0] == 799
+    c = distill.HUBER * np.sqrt(4 * 2 * 3)
+    got = distill.consistency_loss(diffusion, student(d), teacher, x0, eps, t, t_prev).item()
+    want = np.sqrt((distill.SKIP * d) ** 2 * 24 + c * c) - c
+    assert got == pytest.approx(want, rel=1e-3)
+    assert distill.consistency_loss(diffusion, student(0.0), teacher, x0, eps, t, t_prev).item() == pytest.approx(
+        0.0, abs=1e-6)
+    many = distill.draw_consistency_t(np.random.default_rng(1), 4000, diffusion.alphas_cumprod, (0.8, 0.6))[0]
+    assert many.min() == distill.SKIP and many.max() == 799  # uniform up to the largest strength's start
+
+
+def test_consistency_distillation_resumes_exactly_and_takes_only_the_guidance_student(tmp_path):
+    vae = save_teacher(tmp_path / "teacher.npz").vae
+    student_state(tmp_path / "teacher.npz", vae).save(tmp_path / "guidance.npz")
+
+    def consistency_state():
+        teacher, unet_config, diffusion_config = train_ldm.load_teacher(tmp_path / "guidance.npz", 1.0,
+                                                                        consistency=True)
+        jt.sync_all()
+        jt.set_global_seed(0)
+        cfg = dict(LDM_TINY, teacher=str(tmp_path / "guidance.npz"), consistency=True)
+        state = train_ldm.new_state(cfg, unet_config, diffusion_config, vae, 1.0, teacher)
+        jt.sync_all()
+        return state
+    assert consistency_state().fixed_meta["consistency"] == {"skip": distill.SKIP}
+    expected, resumed = interrupted(consistency_state, [ldm_batch(i) for i in range(4)], tmp_path / "ckpt.npz")
+    assert resumed == expected[2:] and all(np.isfinite(expected)) and max(expected) > 0
+    with pytest.raises(CheckpointError, match="--consistency 1 needs the guidance-distilled teacher"):
+        train_ldm.load_teacher(tmp_path / "teacher.npz", 1.0, consistency=True)  # a two-call stage 2
+    with pytest.raises(CheckpointError, match="a consistency student"):
+        train_ldm.load_teacher(tmp_path / "ckpt.npz", 1.0, consistency=True)
+    teacher, unet_config, diffusion_config = train_ldm.load_teacher(tmp_path / "guidance.npz", 1.0, consistency=True)
+    other = train_ldm.new_state(dict(LDM_TINY, teacher=str(tmp_path / "guidance.npz")), unet_config, diffusion_config,
+                                vae, 1.0, teacher)  # the same teacher, not --consistency
+    with pytest.raises(CheckpointError, match="a student of consistency {'skip': 20}, this run's are None"):
+        train_ldm.resume(other, tmp_path / "ckpt.npz")
+
+
 def step_student_checkpoint(run, steps=4, seed=9):
     """<run>/distill<steps>/ckpt.npz: a step student of the run's guidance student (student_checkpoint)."""
     meta, groups = checkpoint.load(run / "distill/ckpt.npz")
@@ -325,6 +381,49 @@ def test_the_pipeline_takes_a_step_student_for_its_steps_and_strength_and_checks
         pipeline.load(run)
 
 
+def consistency_checkpoint(run, seed=11):
+    """<run>/consistency/ckpt.npz: a consistency student of the run's guidance student (student_checkpoint)."""
+    meta, groups = checkpoint.load(run / "distill/ckpt.npz")
+    weights = perturbed(distill.student_of(UNetConfig.from_dict(meta["config"]), groups["ema"], "t"), seed, sigma=0.02)
+    teacher = distill.teacher_meta("g", meta, groups["ema"])
+    return checkpoint.save(run / "consistency/ckpt.npz", dict(meta, consistency={"skip": 20}, strengths=[0.8],
+                                                              teacher=teacher), model=weights, ema=weights)
+
+
+def test_sampler_consistency_takes_the_consistency_student_at_any_steps_and_says_when_there_is_none(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    student_checkpoint(run)
+    with pytest.raises(CheckpointError, match=r"--sampler consistency: the run has no consistency student \(.*"
+                                              r"consistency/ckpt.npz\): train_ldm.py --consistency 1"):
+        pipeline.load(run).denoiser(GenerationSettings(sampler="consistency"))
+    demo = make_demo(tmp_path / "demo", n_train=2, n_test=1, seed=1)
+    test_py = ["--input_path", str(demo / "test"), "--img_path", str(demo / "train"), "--run", str(run),
+               "--output_path", str(tmp_path / "out"), "--sampler", "consistency", "--steps", "4"]
+    with pytest.raises(SystemExit, match="no consistency student"):
+        entry.main(test_py)
+    assert not list((tmp_path / "out").glob("*.jpg"))  # refused before any image
+    consistency_checkpoint(run)
+    pipe = pipeline.load(run)
+    assert "consistency student" in pipe.describe()
+    for n in (8, 4, 3):
+        settings = GenerationSettings(sampler="consistency", steps=n)
+        assert pipe.denoiser(settings) == (pipe.consistency, "ddim") and pipeline.expected_calls(pipe, settings) == n
+    assert pipe.denoiser(GenerationSettings(sampler="consistency", distilled=False))[0] is pipe.consistency
+    with pytest.raises(CheckpointError, match="learned guidance dropping mask and style, not --drop style"):
+        pipe.denoiser(GenerationSettings(sampler="consistency", drop=("style",)))
+    counting = CountingUNet(pipe.consistency)
+    labels, refs = [np.zeros((96, 128), np.int32)], [np.full((96, 128, 3), 128, np.uint8)]
+    _, calls = pipeline.generate(pipeline.Pipeline(**dict(pipe.__dict__, consistency=counting)),
+                                 GenerationSettings(sampler="consistency", steps=4), ["a"], labels, refs, [None])
+    assert calls == counting.rows == 4
+    assert entry.main(test_py + ["--distilled", "0"]) == 0  # --sampler consistency: the student, whatever --distilled
+    assert len(list((tmp_path / "out").glob("*.jpg"))) == 1
+    meta, groups = checkpoint.load(run / "consistency/ckpt.npz")
+    checkpoint.save(run / "consistency/ckpt.npz", {k: v for k, v in meta.items() if k != "consistency"}, **groups)
+    with pytest.raises(CheckpointError, match="consistency/ckpt.npz: not a consistency student"):
+        pipeline.load(run)
+
+
 def test_student_fidelity_compares_every_row_with_the_teachers_images(tmp_path, capsys):
     from tools.experiments import student_fidelity
     a = np.zeros((4, 4, 3), np.uint8)
@@ -362,6 +461,7 @@ def test_calls_report_scores_each_denoiser_on_the_same_pairs_against_the_teacher
                              "teacher, guidance band 0.3,3", "teacher, guidance band 0.5,6"]
     student_checkpoint(run)
     step_student_checkpoint(run, 4)
+    consistency_checkpoint(run)
     assert calls_report.main(argv + ["--judge2", str(judge)]) == 0
     rows = table()
     calls = {name: int(cells[0]) for name, cells in rows.items()}
@@ -370,7 +470,8 @@ def test_calls_report_scores_each_denoiser_on_the_same_pairs_against_the_teacher
         guidance_band=(lo, hi), distilled=False)) for lo, hi in calls_report.BANDS}
     assert calls == {"teacher, 20 steps (default)": 40, "teacher, 10 steps": 20, "teacher, 5 steps": 10, **bands,
                      "guidance student, 20 steps": 20, "guidance student, 8 steps": 8, "guidance student, 4 steps": 4,
-                     "step student, 4 DDIM steps": 4}
+                     "step student, 4 DDIM steps": 4, "consistency student, 8 steps": 8,
+                     "consistency student, 4 steps": 4}
 
     def mean(cell):
         return float(cell.split(" ± ")[0])
@@ -382,6 +483,7 @@ def test_calls_report_scores_each_denoiser_on_the_same_pairs_against_the_teacher
         assert cells[-1] == ("" if calls[name] > 8 else "meets" if mean(cells[4]) + float(
             cells[4].split(" ± ")[1]) >= 0 else "no")
     assert rows["step student, 4 DDIM steps"][3] != rows["guidance student, 4 steps"][3]  # another model drew it
+    assert rows["consistency student, 4 steps"][3] != rows["step student, 4 DDIM steps"][3]
     assert (run / "calls.png").is_file() or pytest.importorskip("matplotlib") is None
 
 

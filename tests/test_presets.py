@@ -26,7 +26,7 @@ def test_each_preset_parses_with_its_script_and_names_its_architecture(scale, st
 
 @pytest.mark.parametrize("scale", sorted(PRESETS))
 def test_the_distillation_stages_parse_after_the_ldm_flags(scale):
-    for stage in ("distill", "steps"):
+    for stage in ("distill", "steps", "consistency"):
         parsed = cli.parse(train_ldm.DEFAULTS, (flags(scale, "ldm") + " " + flags(scale, stage)).split())
         assert parsed["max_steps"] == PRESETS[scale][stage]["max_steps"] < PRESETS[scale]["ldm"].get("max_steps", 1500)
         assert parsed["cache_latents"] == (scale != "demo")  # the ldm stage's data flags still hold

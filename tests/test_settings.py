@@ -47,7 +47,7 @@ def test_conditions_samplers_and_refinement_are_checked():
         GenerationSettings(drop=("colour",))
     with pytest.raises(SettingsError, match="without = .*: conditions are mask and style"):
         GenerationSettings().updated({"without": ["mask", "x"]})
-    with pytest.raises(SettingsError, match="sampler = 'euler': samplers are ddim and dpmpp_2m"):
+    with pytest.raises(SettingsError, match="sampler = 'euler': samplers are ddim, dpmpp_2m, consistency"):
         GenerationSettings(sampler="euler")
     with pytest.raises(SettingsError, match=r"refine = \(1.5,\): each strength must be in \(0, 1\)"):
         GenerationSettings(refine=(1.5,))

@@ -1,5 +1,6 @@
 """Score against UNet calls per image on a run's held-out pairs: the teacher at 20, 10 and 5 steps, guidance
-in a band of noise levels, the guidance-distilled student and the step-distilled students (issue 27).
+in a band of noise levels, the guidance-distilled student, the step-distilled students and the consistency
+student (issue 27).
 
     python tools/eval/calls_report.py --run runs/small --data ../shared/data/gaugan_proxy \
         --test runs/small/holdout_test --judge runs/judge/ckpt.npz [--judge2 runs/judge2/ckpt.npz]
@@ -45,6 +46,9 @@ def entries(pipe, base):
         rows += [(f"step student, {s.steps} DDIM steps",
                   {**student, "sampler": "ddim", "steps": s.steps, "strength": s.strengths[0]})
                  for s in pipe.step_students]
+    if pipe.consistency is not None:
+        rows += [(f"consistency student, {n} steps", {**teacher, "sampler": "consistency", "steps": n})
+                 for n in (8, 4)]
     return rows
 
 

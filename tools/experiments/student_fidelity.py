@@ -46,6 +46,9 @@ def rows_of(pipe):
         rows += [(f"guidance student, {n} steps", GenerationSettings(steps=n)) for n in (20, 8, 4)]
         rows += [(f"step student, {s.steps} steps", GenerationSettings(steps=s.steps, sampler="ddim"))
                  for s in pipe.step_students]
+    if pipe.consistency is not None:
+        rows += [(f"consistency student, {n} steps", GenerationSettings(steps=n, sampler="consistency"))
+                 for n in (8, 4)]
     return rows
 
 
