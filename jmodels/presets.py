@@ -1,5 +1,5 @@
-"""The recipe's three sizes in one place: `demo` (a CPU, minutes), `small` (the proof that it learns, about 2 h
-on 2 CPU cores) and `full` (the contest's 512x384 on GPUs). One recipe: only resolution, widths and step
+"""The recipe's three sizes in one place: `demo` (a CPU, half an hour), `small` (the proof that it learns, hours
+on 2 CPU cores: README gives the measured time) and `full` (the contest's 512x384 on GPUs). One recipe: only resolution, widths and step
 counts differ, as flags over each training script's own block of defaults (`demo` is those defaults).
 
 run.sh reads a stage's flags from here (`python -m jmodels.presets SCALE STAGE`); the benchmarks and the GPU

@@ -4,8 +4,8 @@ teacher's default (40 calls) and by fewer-call settings, each compared with the 
     python tools/experiments/student_fidelity.py --run runs/demo --input_path data/demo/test --img_path data/demo/train
 
 Rows: the teacher at 20 and 10 steps (40 and 20 calls), the guidance-distilled student at 20, 8 and 4 steps
-(DPM-Solver++: fewer steps without step distillation), and the run's step students (`--sampler ddim` at their
-steps), when the run has them. For each: UNet
+(DPM-Solver++: fewer steps without step distillation), the run's step students (`--sampler ddim` at their
+steps) and its consistency student (`--sampler consistency`, 8 and 4 steps), when it has them. For each: UNet
 calls and seconds per image, PSNR against the teacher's 40-call image (mean ± standard error over images), and
 the style term. Fidelity to the teacher, not the contest's score: a run with held-out pairs and judges scores
 the same settings with tools/experiments/tune.py (its `distilled` and `steps` axes).
