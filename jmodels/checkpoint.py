@@ -85,9 +85,12 @@ def check_compatible(expected, got, where):
         raise CheckpointError("\n".join(lines))
 
 
-def load_into(module, arrays, where="checkpoint"):
-    """Strictly copy {key: array} into a Jittor module (dtype kept as the module's)."""
+def load_into(module, arrays, where="checkpoint", keys=None):
+    """Strictly copy {key: array} into a Jittor module (dtype kept as the module's); `keys`: only these of the
+    module's own, the rest left as they are (and `arrays` must hold exactly these)."""
     own = module.state_dict()
+    if keys is not None:
+        own = {k: own[k] for k in keys}
     check_compatible({k: v.shape for k, v in own.items()}, {k: v.shape for k, v in arrays.items()}, where)
     for k, v in own.items():
         v.update(arrays[k].astype(str(v.dtype)))

@@ -75,14 +75,8 @@ def student_of(teacher_config, teacher_weights, where):
     student's own weights are exactly the teacher's plus `w_embed.*`, unless the teacher has them too: a step
     student starts as a copy of its guidance-distilled teacher)."""
     student = UNet(dataclasses.replace(teacher_config, guidance_embed=True))
-    own = {k: v for k, v in checkpoint.state_arrays(student).items()
-           if teacher_config.guidance_embed or not k.startswith("w_embed.")}
-    checkpoint.check_compatible({k: v.shape for k, v in own.items()},
-                                {k: v.shape for k, v in teacher_weights.items()}, where)
-    for k, v in student.state_dict().items():
-        if k in own:
-            v.update(teacher_weights[k].astype(str(v.dtype)))
-    return student
+    keys = [k for k in student.state_dict() if teacher_config.guidance_embed or not k.startswith("w_embed.")]
+    return checkpoint.load_into(student, teacher_weights, where, keys=keys)
 
 
 def teacher_meta(path, meta, ema_weights):

@@ -62,6 +62,12 @@ def test_the_student_starts_as_the_teachers_conditional_model_at_every_scale():
         student(x, t, mask, style)
     with pytest.raises(AssertionError, match="guides by two calls"):
         teacher(x, t, mask, style, jt.array([1.0, 1.0]))
+    weights = state_arrays(teacher)  # strict: every teacher weight, nothing else (w_embed.* is the student's own)
+    first = sorted(weights)[0]
+    with pytest.raises(CheckpointError, match=rf"the teacher: weights do not match the model\n  missing \(1\): {first}"):
+        distill.student_of(teacher.config, {k: v for k, v in weights.items() if k != first}, "the teacher")
+    with pytest.raises(CheckpointError, match=r"unexpected \(1\): w_embed.0.weight"):
+        distill.student_of(teacher.config, dict(weights, **{"w_embed.0.weight": weights[first]}), "the teacher")
 
 
 def test_the_guided_target_and_the_loss_in_closed_form():
