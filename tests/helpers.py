@@ -1,5 +1,6 @@
 """Helpers that several test files share: tiny training states for both stages, their batches, a UNet
-call counter, weights moved away from their initial values, a hand-written safetensors file.
+call counter, weights moved away from their initial values, a hand-written safetensors file, tiny teachers
+and distilled students' checkpoints.
 Test files import from here, never from each other."""
 
 import numpy as np
@@ -10,6 +11,9 @@ jt = init_jittor(seed=0)
 import train_ldm  # noqa: E402
 import train_vae  # noqa: E402
 import weight_fuzz  # noqa: E402
+from jmodels import checkpoint, distill  # noqa: E402
+from jmodels.checkpoint import load_into  # noqa: E402
+from jmodels.unet import UNetConfig  # noqa: E402
 
 VAE_TINY = dict(train_vae.DEFAULTS, ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4, disc_ndf=8,
                 disc_layers=2, disc_start=2, batch_size=2, lr=1e-3)
@@ -104,3 +108,53 @@ def tiny_judge(path, held_out=(), data="x"):
     meta = {"kind": "judge", "step": 1, "config": config.to_dict(), "size": [64, 48], "data": str(data),
             "held_out": list(held_out), "held_out_accuracy": 0.5, "held_out_accuracy_recoloured": 0.4}
     return checkpoint.save(path, meta, model=perturbed(Segmenter(config), 7, sigma=0.3))
+
+
+# ---- distilled students (jmodels/distill.py): tiny teachers and checkpoints ------------------------------
+def save_teacher(path, seed=1):
+    """A tiny stage-2 checkpoint with perturbed weights: a teacher to distil."""
+    run = ldm_state()
+    weights = perturbed(run.model, seed)
+    load_into(run.model, weights, "perturbed")
+    load_into(run.ema.twin, weights, "perturbed")
+    run.save(path)
+    return run
+
+
+def student_state(teacher_path, vae):
+    """A guidance-distillation state of the teacher at teacher_path."""
+    teacher, unet_config, diffusion_config = train_ldm.load_teacher(teacher_path, 1.0)
+    jt.sync_all()
+    jt.set_global_seed(0)
+    state = train_ldm.new_state(dict(LDM_TINY, teacher=str(teacher_path)), unet_config, diffusion_config, vae, 1.0,
+                                teacher)
+    jt.sync_all()
+    return state
+
+
+def student_checkpoint(run, seed=7):
+    """<run>/distill/ckpt.npz: a guidance student of the run's stage 2 (tiny_run), weights perturbed."""
+    meta, groups = checkpoint.load(run / "ldm/ckpt.npz")
+    student = distill.student_of(UNetConfig.from_dict(meta["config"]), groups["ema"], "t")
+    weights = perturbed(student, seed, sigma=0.02)
+    return checkpoint.save(run / "distill/ckpt.npz", dict(meta, config=student.config.to_dict(),
+                                                          teacher=distill.teacher_meta("t", meta, groups["ema"])),
+                           model=weights, ema=weights)
+
+
+def step_student_checkpoint(run, steps=4, seed=9):
+    """<run>/distill<steps>/ckpt.npz: a step student of the run's guidance student (student_checkpoint)."""
+    meta, groups = checkpoint.load(run / "distill/ckpt.npz")
+    weights = perturbed(distill.student_of(UNetConfig.from_dict(meta["config"]), groups["ema"], "t"), seed, sigma=0.02)
+    teacher = distill.teacher_meta("g", meta, groups["ema"])
+    return checkpoint.save(run / f"distill{steps}/ckpt.npz", dict(meta, steps=steps, strengths=[0.8], teacher=teacher),
+                           model=weights, ema=weights)
+
+
+def consistency_checkpoint(run, seed=11):
+    """<run>/consistency/ckpt.npz: a consistency student of the run's guidance student (student_checkpoint)."""
+    meta, groups = checkpoint.load(run / "distill/ckpt.npz")
+    weights = perturbed(distill.student_of(UNetConfig.from_dict(meta["config"]), groups["ema"], "t"), seed, sigma=0.02)
+    teacher = distill.teacher_meta("g", meta, groups["ema"])
+    return checkpoint.save(run / "consistency/ckpt.npz", dict(meta, consistency={"skip": 20}, strengths=[0.8],
+                                                              teacher=teacher), model=weights, ema=weights)
