@@ -86,3 +86,10 @@ def tiny_run(run, size=(64, 48), **train):
                                                  "diffusion": DiffusionConfig().to_dict(), "latent_scale": 0.5,
                                                  "train": train}, model=unet_w, ema=unet_w)
     return Path(run)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The studio serving a tiny run (tests/studio_world.py), one per test module that asks for it."""
+    from studio_world import serve
+    yield from serve(tmp_path_factory.mktemp("studio"))
