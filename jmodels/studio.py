@@ -277,8 +277,8 @@ class Studio:
         if unknown:
             raise StudioError(400, f"unknown field(s) {', '.join(unknown)}; expected label, reference, settings")
         settings = parse_settings(request.get("settings", {}), self.settings)
-        try:
-            self.pipe.denoiser(settings)  # the model the settings ask for is there (--sampler consistency)
+        try:  # UNet calls per image, through the model the settings ask for (--sampler consistency: is it there)
+            expected = pipeline.expected_calls(self.pipe, settings)
         except CheckpointError as e:
             raise StudioError(400, str(e)) from None
         ref_name = request.get("reference")
@@ -300,7 +300,7 @@ class Studio:
         if ref_name.startswith("upload-"):
             ref_labels = [None]  # an upload has no label map: colour transfer over the whole image
         job = Job(job_id, stem, labels[0], refs[0], ref_labels[0], ref_name, settings, folder)
-        job.expected = pipeline.expected_calls(self.pipe, settings)
+        job.expected = expected
         with self.lock:
             waiting = sum(j.state == "queued" for j in self.jobs.values())
             if waiting >= LIMITS["waiting"]:

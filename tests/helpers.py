@@ -121,13 +121,14 @@ def save_teacher(path, seed=1):
     return run
 
 
-def student_state(teacher_path, vae):
-    """A guidance-distillation state of the teacher at teacher_path."""
-    teacher, unet_config, diffusion_config = train_ldm.load_teacher(teacher_path, 1.0)
+def student_state(teacher_path, vae, student_steps=0, consistency=False):
+    """A distillation state of the teacher at teacher_path: guidance, or with train_ldm's --student_steps or
+    --consistency, step or consistency distillation."""
+    teacher, unet_config, diffusion_config = train_ldm.load_teacher(teacher_path, 1.0, student_steps, consistency)
     jt.sync_all()
     jt.set_global_seed(0)
-    state = train_ldm.new_state(dict(LDM_TINY, teacher=str(teacher_path)), unet_config, diffusion_config, vae, 1.0,
-                                teacher)
+    cfg = dict(LDM_TINY, teacher=str(teacher_path), student_steps=student_steps, consistency=consistency)
+    state = train_ldm.new_state(cfg, unet_config, diffusion_config, vae, 1.0, teacher)
     jt.sync_all()
     return state
 

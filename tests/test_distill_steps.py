@@ -85,13 +85,7 @@ def test_step_distillation_resumes_exactly_and_takes_only_a_guidance_teacher(tmp
     guidance.save(tmp_path / "guidance.npz")
 
     def step_state(steps=4):
-        teacher, unet_config, diffusion_config = train_ldm.load_teacher(tmp_path / "guidance.npz", 1.0, steps)
-        jt.sync_all()
-        jt.set_global_seed(0)
-        cfg = dict(LDM_TINY, teacher=str(tmp_path / "guidance.npz"), student_steps=steps)
-        state = train_ldm.new_state(cfg, unet_config, diffusion_config, vae, 1.0, teacher)
-        jt.sync_all()
-        return state
+        return student_state(tmp_path / "guidance.npz", vae, student_steps=steps)
     assert step_state().fixed_meta["steps"] == 4 and step_state().fixed_meta["strengths"] == [0.8]
     expected, resumed = interrupted(step_state, [ldm_batch(i) for i in range(4)], tmp_path / "ckpt.npz")
     assert resumed == expected[2:] and all(np.isfinite(expected)) and max(expected) > 0
@@ -137,14 +131,7 @@ def test_consistency_distillation_resumes_exactly_and_takes_only_the_guidance_st
     student_state(tmp_path / "teacher.npz", vae).save(tmp_path / "guidance.npz")
 
     def consistency_state():
-        teacher, unet_config, diffusion_config = train_ldm.load_teacher(tmp_path / "guidance.npz", 1.0,
-                                                                        consistency=True)
-        jt.sync_all()
-        jt.set_global_seed(0)
-        cfg = dict(LDM_TINY, teacher=str(tmp_path / "guidance.npz"), consistency=True)
-        state = train_ldm.new_state(cfg, unet_config, diffusion_config, vae, 1.0, teacher)
-        jt.sync_all()
-        return state
+        return student_state(tmp_path / "guidance.npz", vae, consistency=True)
     assert consistency_state().fixed_meta["consistency"] == {"skip": distill.SKIP}
     expected, resumed = interrupted(consistency_state, [ldm_batch(i) for i in range(4)], tmp_path / "ckpt.npz")
     assert resumed == expected[2:] and all(np.isfinite(expected)) and max(expected) > 0
